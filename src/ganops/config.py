@@ -1,0 +1,189 @@
+"""Typed, strict configuration mirroring ``params.yaml``.
+
+One pydantic model per pipeline stage (= one ``params.yaml`` section = one ``ganops <verb>``). Every model is
+frozen and forbids unknown keys, so a typo in ``params.yaml`` or in a ``-S key=value`` override is an error that
+names the field instead of a silently ignored setting (nanoGPT-style strict config).
+
+``load_params`` is the only place that turns YAML into typed config; nothing below the CLI sees raw dicts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class PrepareConfig(_Strict):
+    """``prepare``: read a source, write uint8 (N, C, H, W) arrays for the train and test splits + metadata."""
+
+    source: Literal["fashion_mnist", "folder"] = "fashion_mnist"
+    # Fashion-MNIST IDX directory; None = /usr/share/datasets/fashion-mnist, then data/raw/fashion-mnist.
+    fashion_mnist_dir: str | None = None
+    # Image folder (source=folder): images directly inside, or one sub-folder per class.
+    folder: str | None = None
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="folder source: share of images held out as test")
+    resolution: int = Field(28, ge=8, le=1024, description="output height = width, pixels")
+    channels: Literal[1, 3] = 1
+    max_train: int | None = Field(None, ge=1, description="keep the first N train images (None = all)")
+    max_test: int | None = Field(None, ge=1, description="keep the first N test images (None = all)")
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    max_image_pixels: int = Field(64_000_000, ge=1, description="refuse images larger than this (width*height)")
+    out_dir: str = "data/prepared"
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> "PrepareConfig":
+        if self.source == "folder" and not self.folder:
+            raise ValueError("prepare.folder must be set when prepare.source is 'folder'")
+        return self
+
+
+class ValidateConfig(_Strict):
+    """``validate``: Great Expectations suite over the metadata table."""
+
+    min_train_rows: int = Field(100, ge=1)
+    min_test_rows: int = Field(10, ge=1)
+    # Each class's share of train rows must lie within [1/K * (1 - tol), 1/K * (1 + tol)].
+    class_balance_tolerance: float = Field(0.5, ge=0.0)
+    expected_classes: list[int] | None = None  # None = 0..num_classes-1 from prepare's summary
+    duplicates: Literal["warn", "fail"] = "warn"
+    report_dir: str = "reports/validation"
+
+
+class TrainConfig(_Strict):
+    """``train``: adversarial training (DCGAN, Radford et al. 2016, by default)."""
+
+    arch: str = "dcgan"
+    conditional: bool = False
+    z_dim: int = Field(100, ge=1)
+    ngf: int = Field(64, ge=1, description="generator base width (channels)")
+    ndf: int = Field(64, ge=1, description="discriminator base width (channels)")
+    loss: str = "non_saturating"
+    batch_size: int = Field(64, ge=1)
+    total_kimg: float = Field(60.0, gt=0, description="training length in thousands of real images shown to D")
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    betas_g: tuple[float, float] = (0.5, 0.999)
+    betas_d: tuple[float, float] = (0.5, 0.999)
+    ema_halflife_kimg: float = Field(0.0, ge=0, description="G_ema half-life; 0 disables EMA (G_ema = G)")
+    spectral_norm: bool = False
+    r1_gamma: float = Field(0.0, ge=0)
+    r1_interval: int = Field(16, ge=1)
+    gp_lambda: float = Field(10.0, ge=0, description="gradient-penalty weight for loss=wgan_gp")
+    diffaugment: str = Field("", description="comma list of translation,cutout,color; empty = off")
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    sample_every_kimg: float = Field(10.0, gt=0)
+    checkpoint_every_kimg: float = Field(10.0, gt=0)
+    grad_norm_limit: float = Field(1e4, gt=0, description="stop when a gradient norm exceeds this")
+    grid_size: int = Field(8, ge=1, le=32, description="sample grid is grid_size x grid_size")
+    run_dir: str = "runs/train"
+
+    @field_validator("betas_g", "betas_d")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"Adam betas must lie in [0, 1), got {v}")
+        return v
+
+
+class EvaluateConfig(_Strict):
+    """``evaluate``: FID/KID of G_ema samples against the prepared test split."""
+
+    num_samples: int = Field(2000, ge=2, description="generated samples (and real test images, at most)")
+    protocol: Literal["legacy_tensorflow", "clean"] = "legacy_tensorflow"
+    batch_size: int = Field(100, ge=1)
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)
+    inception_path: str | None = Field(None, description="NVIDIA inception-2015-12-05.pt; None = auto")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    ref_stats_dir: str = "cache/ref_stats"
+    out: str = "metrics/eval.json"
+
+
+class RegisterConfig(_Strict):
+    """``register``: log G_ema to the MLflow model registry and set the champion/challenger alias."""
+
+    model_name: str = Field("ganops-fashion-mnist", min_length=1)
+    out: str = "reports/registration.json"
+
+
+class Params(_Strict):
+    """The whole ``params.yaml``."""
+
+    seed: int = Field(0, ge=0)
+    experiment: str = Field("ganops", min_length=1, description="MLflow experiment name")
+    prepare: PrepareConfig = PrepareConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ConfigError(ValueError):
+    """``params.yaml`` (or an override) is invalid; the message names every bad field."""
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid parameters in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate").replace("register_", "register")
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  - {loc}: {e['msg']}{got_s}")
+    lines.append("Fix these keys in params.yaml (see README, 'Parameters').")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "<dict>") -> Params:
+    """Validate a raw mapping into :class:`Params`.
+
+    Raises:
+        ConfigError: unknown keys, wrong types or out-of-range values; the message lists each field.
+    """
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``.
+
+    Raises:
+        ConfigError: the file is missing, is not a YAML mapping, or fails validation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"parameter file not found: {path.resolve()} (run from the project root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, str(path))
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """Flatten to ``{"train.lr_g": 0.0002, ...}`` for experiment trackers."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, obj: Any) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = obj
+
+    walk("", params.model_dump(by_alias=True, mode="json"))
+    return out
