@@ -57,7 +57,12 @@ class ValidateConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """``train``: adversarial training (DCGAN, Radford et al. 2016, by default)."""
+    """``train``: adversarial training (DCGAN, Radford et al. 2016, by default).
+
+    ``arch`` and ``loss`` are checked against the registries in ``ganops.models`` / ``ganops.losses`` when training
+    starts (unknown names list the valid ones). Resolution, channels and the number of classes come from the
+    prepared data's ``summary.json``, not from here.
+    """
 
     arch: str = "dcgan"
     conditional: bool = False
@@ -71,17 +76,25 @@ class TrainConfig(_Strict):
     lr_d: float = Field(2e-4, gt=0)
     betas_g: tuple[float, float] = (0.5, 0.999)
     betas_d: tuple[float, float] = (0.5, 0.999)
-    ema_halflife_kimg: float = Field(0.0, ge=0, description="G_ema half-life; 0 disables EMA (G_ema = G)")
-    spectral_norm: bool = False
-    r1_gamma: float = Field(0.0, ge=0)
-    r1_interval: int = Field(16, ge=1)
+    ema_halflife_kimg: float = Field(0.0, ge=0, description="G_ema half-life; 0 = G_ema is a copy of G each step")
+    spectral_norm: bool = Field(False, description="spectral norm on every D layer (Miyato et al. 2018); drops D's BN")
+    r1_gamma: float = Field(0.0, ge=0, description="R1 weight (Mescheder et al. 2018); 0 = off")
+    r1_interval: int = Field(16, ge=1, description="lazy R1: every N D steps, weighted gamma * N")
     gp_lambda: float = Field(10.0, ge=0, description="gradient-penalty weight for loss=wgan_gp")
     diffaugment: str = Field("", description="comma list of translation,cutout,color; empty = off")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    channels_last: bool = Field(False, description="NHWC memory format for G and D")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = Field(0, ge=0)
+    num_threads: int = Field(0, ge=0, description="torch intra-op CPU threads; 0 = torch default (all cores)")
+    num_workers: int = Field(0, ge=0, description="unused: the train split is held in memory as one uint8 tensor")
+    log_every_steps: int = Field(10, ge=1, description="stats.jsonl / logger interval, in G steps")
     sample_every_kimg: float = Field(10.0, gt=0)
     checkpoint_every_kimg: float = Field(10.0, gt=0)
+    eval_every_kimg: float = Field(0.0, ge=0, description="in-training metric interval (needs metric_fn); 0 = off")
+    mode_collapse_threshold: float = Field(
+        0.5, ge=0, description="warn when the G_ema/real mean pairwise-distance ratio drops below this"
+    )
+    mode_collapse_num_images: int = Field(64, ge=2, description="fixed images per side for the diversity ratio")
     grad_norm_limit: float = Field(1e4, gt=0, description="stop when a gradient norm exceeds this")
     grid_size: int = Field(8, ge=1, le=32, description="sample grid is grid_size x grid_size")
     run_dir: str = "runs/train"
@@ -92,6 +105,16 @@ class TrainConfig(_Strict):
         if not all(0.0 <= b < 1.0 for b in v):
             raise ValueError(f"Adam betas must lie in [0, 1), got {v}")
         return v
+
+    @field_validator("diffaugment")
+    @classmethod
+    def _known_augments(cls, v: str) -> str:
+        valid = ("translation", "cutout", "color")
+        names = [n.strip() for n in v.split(",") if n.strip()]
+        bad = [n for n in names if n not in valid]
+        if bad:
+            raise ValueError(f"unknown DiffAugment policy {bad}; valid: {', '.join(valid)} (comma separated)")
+        return ",".join(names)
 
 
 class EvaluateConfig(_Strict):
