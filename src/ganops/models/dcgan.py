@@ -1,0 +1,76 @@
+"""DCGAN (Radford et al. 2016) adapted to any even resolution >= 8 and any channel count.
+
+G: z -> ConvTranspose(k=base) to a (ngf * 2**(n-1), base, base) map -> n-1 x [ConvTranspose(4, 2, 1) + BN + ReLU]
+-> ConvTranspose(4, 2, 1) to C channels -> tanh. D mirrors it with strided convs, BN (not on the first layer) and
+LeakyReLU(0.2), then a linear layer (= a conv with kernel ``base``) to one logit. Conditional variants concatenate
+a learned class embedding to z (G) and use a projection head (D, Miyato & Koyama 2018).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ganops.models.layers import ProjectionHead, check_labels, dcgan_init_, maybe_sn, resolution_plan
+
+
+class DCGANGenerator(nn.Module):
+    """DCGAN generator. ``forward(z, c=None)``: z float32 (N, z_dim), c int64 (N,) when conditional
+    -> float32 (N, channels, resolution, resolution) in [-1, 1].
+
+    Raises:
+        ValueError: unsupported resolution (see ``resolution_plan``), bad labels at forward time.
+    """
+
+    def __init__(self, z_dim: int = 100, ngf: int = 64, resolution: int = 28, channels: int = 1, num_classes: int = 0):
+        super().__init__()
+        self.z_dim, self.resolution, self.channels, self.num_classes = z_dim, resolution, channels, num_classes
+        base, n = resolution_plan(resolution)
+        width = ngf * 2 ** (n - 1)
+        in_dim = z_dim + (z_dim if num_classes else 0)
+        self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(in_dim, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)
+        ]
+        for _ in range(n - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2),
+                       nn.ReLU(True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        dcgan_init_(self)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        check_labels(c, self.num_classes, z.shape[0])
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(c)], dim=1)
+        return self.net(z[:, :, None, None])
+
+
+class DCGANDiscriminator(nn.Module):
+    """DCGAN discriminator. ``forward(x, c=None)``: x float (N, channels, resolution, resolution) in [-1, 1],
+    c int64 (N,) when conditional -> float32 logits (N,).
+
+    With ``spectral_norm=True`` every conv/linear is spectrally normalised and BN is dropped (Miyato et al. 2018).
+    """
+
+    def __init__(self, ndf: int = 64, resolution: int = 28, channels: int = 1, num_classes: int = 0,
+                 spectral_norm: bool = False):
+        super().__init__()
+        self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
+        base, n = resolution_plan(resolution)
+        sn = spectral_norm
+        layers: list[nn.Module] = [maybe_sn(nn.Conv2d(channels, ndf, 4, 2, 1), sn), nn.LeakyReLU(0.2, True)]
+        width = ndf
+        for _ in range(n - 1):
+            layers += [maybe_sn(nn.Conv2d(width, width * 2, 4, 2, 1, bias=sn), sn)]
+            layers += [] if sn else [nn.BatchNorm2d(width * 2)]
+            layers += [nn.LeakyReLU(0.2, True)]
+            width *= 2
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.head = ProjectionHead(width * base * base, num_classes, sn)
+        dcgan_init_(self)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        check_labels(c, self.num_classes, x.shape[0])
+        return self.head(self.features(x), c)
