@@ -1,13 +1,53 @@
 """Experiment tracking behind a small protocol, so the training loop knows nothing about MLflow.
 
 ``Logger`` is what library code (the training loop, evaluate) receives. ``NullLogger`` does nothing (tests, dry
-runs). The MLflow implementation lives here too and is the only place that imports ``mlflow`` for logging.
+runs). :class:`MlflowLogger` and :func:`stage_logger` are the only code that imports ``mlflow`` for logging; the
+import is lazy because it costs seconds.
+
+One pipeline execution = one MLflow run. Which run a stage logs into:
+
+1. ``$GANOPS_MLFLOW_RUN_ID`` when set (the Prefect flow creates the run and exports it to every stage);
+2. otherwise ``train`` starts a new run, and every stage that uses the run records its id in
+   ``<train.run_dir>/mlflow_run.json`` (a DVC output of ``train``), so ``evaluate`` and ``register`` resume it;
+3. ``prepare`` and ``validate`` without a pipeline run log nowhere; ``train`` attaches the dataset summary and the
+   validation report to its run instead, so each training run still carries the data it saw.
+
+A stage that raises marks the run ``FAILED`` and tags ``ganops.status.<stage> = failed``; the registry refuses to
+register a model from such a run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ganops.io import read_json, write_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlflow import MlflowClient
+
+    from ganops.config import Params
+
+log = logging.getLogger(__name__)
+
+ENV_RUN_ID = "GANOPS_MLFLOW_RUN_ID"
+RUN_ID_FILE = "mlflow_run.json"
+STAGES = ("prepare", "validate", "train", "evaluate", "register")
+# Tags carrying per-stage outcome; the registry reads ``ganops.status.train``.
+STATUS_TAG = "ganops.status.{stage}"
+
+_QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}
 
 
 class Logger(Protocol):
@@ -41,3 +81,236 @@ class NullLogger:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MLflow setup
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tracking_uri(root: str | Path | None = None) -> str:
+    """The MLflow tracking URI: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db`` (root = cwd)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    root = Path(root) if root is not None else Path.cwd()
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def artifact_location(root: str | Path | None = None) -> str:
+    """Where new experiments keep artifacts: ``<root>/mlartifacts`` (a ``file://`` URI; root = cwd)."""
+    root = Path(root) if root is not None else Path.cwd()
+    return (root / "mlartifacts").resolve().as_uri()
+
+
+def configure_mlflow(experiment: str, root: str | Path | None = None) -> tuple[MlflowClient, str]:
+    """Point MLflow at the project store and make sure ``experiment`` exists.
+
+    Returns:
+        ``(client, experiment_id)``.
+
+    Raises:
+        ValueError: the experiment exists but is deleted (restore it with ``mlflow experiments restore`` or pick
+            another ``experiment`` in params.yaml).
+    """
+    for k, v in _QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        exp_id = client.create_experiment(experiment, artifact_location=artifact_location(root))
+    elif exp.lifecycle_stage == "deleted":
+        raise ValueError(f"MLflow experiment {experiment!r} is deleted in {uri}; restore it or set another "
+                         "'experiment' in params.yaml")
+    else:
+        exp_id = exp.experiment_id
+    return client, exp_id
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Logger
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class MlflowLogger:
+    """A :class:`Logger` writing to one MLflow run through ``MlflowClient``.
+
+    Metrics are buffered and written with ``log_batch`` (one SQLite transaction per ``flush_every`` values instead
+    of one per value); call :meth:`flush` (done by :func:`stage_logger`) before the process ends. Non-finite metric
+    values are logged as they are (MLflow stores NaN/inf), so a diverging run stays visible.
+
+    Params are immutable in MLflow: re-logging a key with another value (e.g. ``evaluate.num_samples`` changed
+    while resuming the training run) keeps the first value and records the new one as tag
+    ``ganops.param_update.<key>`` instead of failing the stage.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, flush_every: int = 500) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.flush_every = flush_every
+        self._metrics: list[Any] = []
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.flush()
+        existing = self.client.get_run(self.run_id).data.params
+        new = {k: _param_str(v) for k, v in params.items()}
+        fresh = [Param(k, v) for k, v in new.items() if k not in existing]
+        changed = {f"ganops.param_update.{k}": v for k, v in new.items() if k in existing and existing[k] != v}
+        for i in range(0, len(fresh), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(self.run_id, params=fresh[i:i + 100])
+        if changed:
+            log.warning("params differ from the values already logged to run %s: %s", self.run_id, changed)
+            self.set_tags(changed)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self._metrics.extend(Metric(k, float(v), ts, int(step or 0)) for k, v in metrics.items())
+        if len(self._metrics) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered metrics (at most 1000 per batch, MLflow's limit)."""
+        while self._metrics:
+            batch, self._metrics = self._metrics[:1000], self._metrics[1000:]
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_image(self, path: str | Path, artifact_path: str = "samples") -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+
+def _param_str(v: Any) -> str:
+    s = "None" if v is None else str(v)
+    return s[:6000]  # MLflow's param value limit
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage context
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def read_run_id(run_dir: str | Path) -> str | None:
+    """The MLflow run id recorded in ``<run_dir>/mlflow_run.json``, or None when the file is absent."""
+    path = Path(run_dir) / RUN_ID_FILE
+    if not path.is_file():
+        return None
+    run_id = read_json(path).get("run_id")
+    return str(run_id) if run_id else None
+
+
+def _resolve_run_id(params: Params, stage: str) -> str | None:
+    env = os.environ.get(ENV_RUN_ID, "").strip()
+    if env:
+        return env
+    if stage in ("evaluate", "register"):
+        return read_run_id(params.train.run_dir)
+    return None
+
+
+def _stage_params(params: Params, stage: str) -> dict[str, Any]:
+    """The flattened params a stage reads: its own section, plus ``seed``/``experiment``; train adds its data."""
+    from ganops.config import flatten
+
+    sections = {"prepare": ("prepare",), "validate": ("validate",), "train": ("prepare", "validate", "train"),
+                "evaluate": ("evaluate",), "register": ("register",)}[stage]
+    return {k: v for k, v in flatten(params).items() if k.split(".")[0] in sections or "." not in k}
+
+
+def _log_stage_outputs(logger: MlflowLogger, params: Params, stage: str) -> None:
+    """Attach the small, human-readable outputs of a stage to the run (never arrays or checkpoints)."""
+    summary = Path(params.prepare.out_dir) / "summary.json"
+    report_dir = Path(params.validate_.report_dir)
+    run_dir = Path(params.train.run_dir)
+    files: list[tuple[Path, str]] = []
+    if stage in ("prepare", "train"):
+        files.append((summary, "data"))
+    if stage in ("validate", "train") and report_dir.is_dir():
+        files.extend((p, "data/validation") for p in sorted(report_dir.iterdir()) if p.is_file())
+    if stage == "train":
+        files.extend((run_dir / n, "train") for n in ("training_options.json", "train.json"))
+        files.append((run_dir / "fakes-latest.png", "samples"))
+    if stage == "evaluate":
+        files.append((Path(params.evaluate.out), "metrics"))
+    for path, dest in files:
+        if path.is_file():
+            logger.log_artifact(path, dest)
+
+
+@contextlib.contextmanager
+def stage_logger(params: Params, stage: str, *, root: str | Path | None = None) -> Iterator[Logger]:
+    """Open the MLflow run of this pipeline execution for one stage and yield its :class:`Logger`.
+
+    The run is also the active fluent run inside the block (``mlflow.active_run()``), which is how
+    :func:`ganops.registry.register` logs the model into it. See the module docstring for which run is used.
+    On exit the stage's outputs are attached as artifacts, ``ganops.status.<stage>`` is tagged ``ok`` and the run
+    ends ``FINISHED``; if the block raises, the tag is ``failed``, the run ends ``FAILED`` and the error propagates.
+
+    Args:
+        params: the whole validated ``params.yaml``.
+        stage: one of ``prepare, validate, train, evaluate, register``.
+        root: project root for the default SQLite store and artifact folder (default: cwd).
+
+    Raises:
+        ValueError: unknown ``stage``.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    run_id = _resolve_run_id(params, stage)
+    if run_id is None and stage in ("prepare", "validate"):
+        yield NullLogger()
+        return
+
+    import mlflow
+
+    client, exp_id = configure_mlflow(params.experiment, root)
+    if run_id is None:
+        run = client.create_run(exp_id, tags={"ganops.source": "cli"})
+        run_id = run.info.run_id
+    if stage == "train":
+        write_json(Path(params.train.run_dir) / RUN_ID_FILE,
+                   {"run_id": run_id, "experiment_id": client.get_run(run_id).info.experiment_id})
+
+    logger = MlflowLogger(client, run_id)
+    mlflow.start_run(run_id=run_id)
+    status = "FAILED"
+    try:
+        logger.set_tags({"ganops.stage": stage, STATUS_TAG.format(stage=stage): "running"})
+        logger.log_params(_stage_params(params, stage))
+        yield logger
+        logger.flush()
+        _log_stage_outputs(logger, params, stage)
+        logger.set_tags({STATUS_TAG.format(stage=stage): "ok"})
+        status = "FINISHED"
+    except BaseException:
+        with contextlib.suppress(Exception):  # report the stage's own error, not a logging one
+            logger.flush()
+            logger.set_tags({STATUS_TAG.format(stage=stage): "failed", "ganops.failed_stage": stage})
+        raise
+    finally:
+        mlflow.end_run(status=status)
+
+
+def is_finite_number(x: Any) -> bool:
+    """True for an int/float that is neither NaN nor infinite (bools excluded)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -1,0 +1,30 @@
+"""Session-wide test environment: no telemetry from MLflow / Great Expectations / Prefect.
+
+Set at import time, before any test module imports those libraries. The Prefect test harness (a temporary
+server, several seconds to start) is opt-in through the ``prefect_harness`` fixture, started once per session.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+for _key, _value in {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}.items():
+    os.environ.setdefault(_key, _value)
+# A pipeline run id leaking in from the caller's shell would redirect every test's logging into it.
+os.environ.pop("GANOPS_MLFLOW_RUN_ID", None)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A throwaway Prefect server + database for the whole session (only for tests that run flows)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield

@@ -1,0 +1,122 @@
+"""ganops.tracking: which MLflow run each stage logs into, what lands there, and failure marking."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from ganops.config import Params
+from ganops.tracking import ENV_RUN_ID, RUN_ID_FILE, NullLogger, read_run_id, stage_logger, tracking_uri
+
+
+@pytest.fixture()
+def project(tmp_path, monkeypatch):
+    """An empty project root as cwd with its own SQLite store; params pointing inside it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(ENV_RUN_ID, raising=False)
+    params = Params.model_validate({"experiment": "unit", "train": {"run_dir": "runs/train"}})
+    yield tmp_path, params
+    import mlflow
+
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def test_tracking_uri_defaults_to_sqlite_in_cwd_and_honours_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking_uri(tmp_path) == "http://tracking.example:5000"
+
+
+def test_prepare_without_pipeline_run_logs_nowhere(project):
+    root, params = project
+    with stage_logger(params, "prepare") as logger:
+        assert isinstance(logger, NullLogger)
+    assert not (root / "mlflow.db").exists()
+
+
+def test_unknown_stage_lists_valid_ones(project):
+    _, params = project
+    with pytest.raises(ValueError, match="prepare, validate, train, evaluate, register"):
+        with stage_logger(params, "deploy"):
+            pass
+
+
+def test_train_then_evaluate_share_one_run_with_params_metrics_artifacts(project):
+    root, params = project
+    run_dir = root / "runs" / "train"
+    with stage_logger(params, "train") as logger:
+        for step in range(3):
+            logger.log_metrics({"Loss/G": 1.0 + step, "Loss/D": 0.5 * step}, step=step)
+        (run_dir / "fakes-latest.png").write_bytes(b"\x89PNG fake")
+        logger.log_image(run_dir / "fakes-latest.png")
+    run_id = read_run_id(run_dir)
+    assert run_id and json.loads((run_dir / RUN_ID_FILE).read_text())["run_id"] == run_id
+
+    with stage_logger(params, "evaluate") as logger:
+        logger.log_metrics({"fid": 12.5})
+
+    client = _client()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith((root / "mlartifacts").resolve().as_uri())
+    assert run.data.params["train.z_dim"] == "100" and run.data.params["seed"] == "0"
+    assert "evaluate.num_samples" in run.data.params  # logged by the evaluate stage into the same run
+    assert run.data.tags["ganops.status.train"] == "ok" and run.data.tags["ganops.status.evaluate"] == "ok"
+    history = client.get_metric_history(run_id, "Loss/G")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 1.0), (1, 2.0), (2, 3.0)]
+    assert run.data.metrics["fid"] == 12.5
+    samples = {f.path for f in client.list_artifacts(run_id, "samples")}
+    assert "samples/fakes-latest.png" in samples
+
+
+def test_failed_stage_marks_run_failed_and_reraises(project):
+    _, params = project
+    with pytest.raises(RuntimeError, match="diverged"):
+        with stage_logger(params, "train") as logger:
+            logger.log_metrics({"Loss/G": math.nan}, step=7)
+            raise RuntimeError("diverged")
+    run = _client().get_run(read_run_id(params.train.run_dir))
+    assert run.info.status == "FAILED"
+    assert run.data.tags["ganops.status.train"] == "failed"
+    assert math.isnan(run.data.metrics["Loss/G"])  # buffered metrics are still flushed on failure
+
+
+def test_pipeline_run_id_from_env_is_used_by_every_stage(project, monkeypatch):
+    _, params = project
+    from ganops.tracking import configure_mlflow
+
+    client, exp_id = configure_mlflow(params.experiment)
+    run_id = client.create_run(exp_id).info.run_id
+    monkeypatch.setenv(ENV_RUN_ID, run_id)
+    for stage in ("prepare", "validate", "train"):
+        with stage_logger(params, stage) as logger:
+            logger.set_tags({f"seen.{stage}": "1"})
+    tags = client.get_run(run_id).data.tags
+    assert {"seen.prepare", "seen.validate", "seen.train"} <= set(tags)
+    assert read_run_id(params.train.run_dir) == run_id
+    assert len(client.search_runs([exp_id])) == 1
+
+
+def test_changed_param_is_recorded_as_tag_not_error(project):
+    _, params = project
+    with stage_logger(params, "train"):
+        pass
+    changed = Params.model_validate({**params.model_dump(by_alias=True), "evaluate": {"num_samples": 50}})
+    with stage_logger(params, "evaluate"):
+        pass
+    with stage_logger(changed, "evaluate"):
+        pass
+    run = _client().get_run(read_run_id(params.train.run_dir))
+    assert run.data.params["evaluate.num_samples"] == "2000"
+    assert run.data.tags["ganops.param_update.evaluate.num_samples"] == "50"
