@@ -1,0 +1,472 @@
+"""The GAN training loop: one top-to-bottom function with commented blocks (StyleGAN3 ``training_loop`` style).
+
+It reads the prepared train split, trains G and D, and writes the run directory (the contract other stages read):
+
+    training_options.json     resolved config + derived values (device, resolution, G_kwargs, ...)
+    stats.jsonl               one JSON object per logged step (losses, D logits, grad norms, timing), plus one per
+                              sample interval (mode-collapse ratio) and per evaluation (metric_fn results)
+    fakes{kimg:06d}.png       G_ema samples from fixed z every sample_every_kimg (one row per class if conditional)
+    fakes-latest.png          the newest grid
+    training-state.pt         G, D, G_ema, optimizers, grad scaler, step, nimg, best FID, augmentation policy,
+                              every RNG state (torch, cuda, numpy, python, data-index generator): resume is exact
+    network-snapshot.pt       G_ema + metadata; the best one by FID when in-training evaluation runs, else latest
+    network-snapshot-latest.pt  G_ema at the latest checkpoint
+    train.json                summary (step, kimg, wall time seconds, final losses, snapshot sha256)
+
+The loop knows nothing about trackers: it reports through a :class:`ganops.tracking.Logger`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ganops.config import TrainConfig
+from ganops.data.dataset import load_split, load_summary
+from ganops.io import atomic_write, sha256_file, write_json
+from ganops.losses import get_loss, gradient_penalty, r1_penalty
+from ganops.models import build_D, build_G, check_arch
+from ganops.tracking import Logger, NullLogger
+from ganops.training.augment import diff_augment, parse_policy
+from ganops.training.ema import ema_beta, update_ema
+from ganops.training.sampling import diversity_ratio, latents, save_grid
+from ganops.training.snapshot import (
+    ResumeMismatchError,
+    TrainingDivergedError,
+    arch_mismatch,
+    load_torch,
+    save_snapshot,
+    save_torch,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+MetricFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small helpers (device, precision, RNG capture, divergence guard, stats file)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU. Raises ValueError for ``cuda`` without a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``precision`` on ``device`` (None = plain fp32).
+
+    ``auto``: bf16 on CUDA when supported, else fp16 (with a GradScaler); fp32 on CPU (bf16 was measured slower
+    on the project CPU, see benchmarks/bench_train.py).
+
+    Raises:
+        ValueError: fp16 on CPU (CPU autocast supports bf16 only).
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("train.precision=fp16 needs CUDA (CPU autocast supports bf16 only); use bf16 or fp32")
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def _rng_state(data_gen: torch.Generator) -> dict[str, Any]:
+    # Only tensors / Python scalars, so the state loads with torch.load(weights_only=True).
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "data": data_gen.get_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any], data_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["gauss"]))
+    pyst = state["python"]
+    random.setstate((pyst["version"], tuple(int(v) for v in pyst["state"].tolist()), pyst["gauss"]))
+    data_gen.set_state(state["data"].cpu())
+
+
+def _grad_norm(module: torch.nn.Module) -> float:
+    grads = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
+
+
+def _guard(name: str, value: float, step: int, limit: float | None = None) -> None:
+    if not math.isfinite(value):
+        raise TrainingDivergedError(
+            f"training diverged at step {step}: {name} is {value}; the last good training-state.pt and snapshots "
+            "were kept. Lower lr_g/lr_d, enable spectral_norm or r1_gamma, or use another loss, then resume."
+        )
+    if limit is not None and value > limit:
+        raise TrainingDivergedError(
+            f"training diverged at step {step}: {name} = {value:.4g} exceeds grad_norm_limit = {limit:.4g}; the "
+            "last good training-state.pt and snapshots were kept. Lower the learning rates or raise "
+            "train.grad_norm_limit, then resume."
+        )
+
+
+def _truncate_stats(path: Path, keep_through_step: int) -> None:
+    # After a crash, stats.jsonl may hold lines written after the checkpoint we resume from; drop them.
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = []
+    for ln in lines:
+        try:
+            if json.loads(ln)["step"] <= keep_through_step:
+                kept.append(ln)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line torn by the kill
+    with atomic_write(path, "w") as f:
+        f.write("".join(ln + "\n" for ln in kept))
+
+
+def _all_finite(module: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def training_loop(
+    cfg: TrainConfig,
+    *,
+    prepared_dir: str | Path,
+    seed: int,
+    logger: Logger = NullLogger(),
+    metric_fn: MetricFn | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train G and D on the prepared train split; write and return the ``train.json`` summary.
+
+    Resumes from ``<run_dir>/training-state.pt`` when present; only options outside the architecture config may
+    differ (e.g. a larger ``total_kimg`` extends training). On CPU the result is bit-identical for the same seed
+    and params, with or without interruptions (torch thread count held equal).
+
+    Args:
+        cfg: the ``train`` section.
+        prepared_dir: directory written by ``ganops prepare`` (train.npz, summary.json).
+        seed: global seed (params.yaml ``seed``).
+        logger: receives losses every ``log_every_steps``, grids, metrics.
+        metric_fn: optional ``G_ema -> {"fid": ..., ...}``, called every ``eval_every_kimg`` and at the end; then
+            ``network-snapshot.pt`` is the snapshot with the lowest ``fid``.
+        progress: show a tqdm bar in kimg.
+    Returns:
+        dict: step, kimg, wall_time_s, loss_G, loss_D, snapshot_sha256, best_fid, ... (also in train.json).
+    Raises:
+        ValueError: unknown arch/loss/augment name, unsupported resolution, a conditional run on unlabeled data,
+            fp16 on CPU, or a metric_fn result without ``fid``.
+        ResumeMismatchError: the run directory's state has a different architecture config.
+        TrainingDivergedError: a loss is NaN/inf or a gradient norm exceeds ``grad_norm_limit``.
+        ganops.data.errors.DataError: the prepared directory is missing or malformed.
+    """
+    t_start = time.time()
+
+    # ---- Validate names up front, before touching the run directory --------------------------------------------
+    check_arch(cfg.arch)
+    loss = get_loss(cfg.loss)
+    augment_policy = parse_policy(cfg.diffaugment)
+    eval_on = cfg.eval_every_kimg > 0 and metric_fn is not None
+    if cfg.eval_every_kimg > 0 and metric_fn is None:
+        log.warning("train.eval_every_kimg=%s but no metric_fn was given: in-training evaluation is off",
+                    cfg.eval_every_kimg)
+    run_dir = Path(cfg.run_dir)
+
+    # ---- Device, threads, precision ---------------------------------------------------------------------------
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    amp_dtype = resolve_precision(cfg.precision, device)
+    use_scaler = amp_dtype == torch.float16
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    # ---- Data: the whole train split as one uint8 tensor; batches are drawn by seeded random index ------------
+    images_np, labels_np = load_split(prepared_dir, "train")
+    summary = load_summary(prepared_dir)
+    num_images, channels, height, width = images_np.shape
+    if height != width:
+        raise ValueError(f"training needs square images, got {height}x{width}; set prepare.resolution")
+    num_classes = int(summary.get("num_classes", 0)) if cfg.conditional else 0
+    if cfg.conditional and num_classes < 2:
+        raise ValueError(f"train.conditional=true needs labelled data with >= 2 classes, summary.json says "
+                         f"num_classes={summary.get('num_classes')}; set train.conditional=false")
+    data = torch.from_numpy(images_np).to(device)
+    labels = torch.from_numpy(labels_np).to(device)
+
+    # ---- Networks and optimizers ----------------------------------------------------------------------------------
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    G_kwargs = dict(z_dim=cfg.z_dim, ngf=cfg.ngf, resolution=height, channels=channels, num_classes=num_classes)
+    D_kwargs = dict(ndf=cfg.ndf, resolution=height, channels=channels, num_classes=num_classes,
+                    spectral_norm=cfg.spectral_norm)
+    arch_config = dict(arch=cfg.arch, **G_kwargs, ndf=cfg.ndf, conditional=cfg.conditional, loss=cfg.loss,
+                       spectral_norm=cfg.spectral_norm, dataset_sha256=summary.get("dataset_sha256"))
+    G = build_G(cfg.arch, **G_kwargs).to(device, memory_format=memory_format).train()
+    D = build_D(cfg.arch, **D_kwargs).to(device, memory_format=memory_format).train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas_g)
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas_d)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    # Decorrelated from the global stream, which draws z, fake labels, augmentations and GP epsilons.
+    data_gen = torch.Generator().manual_seed(seed + 0x5EED)
+    step, cur_nimg, best_fid, wall_time_s = 0, 0, math.inf, 0.0
+    last: dict[str, float] = {}
+
+    # ---- Resume from training-state.pt, refusing an architecture change ----------------------------------------
+    state_path, stats_path = run_dir / "training-state.pt", run_dir / "stats.jsonl"
+    resumed_from_step = None
+    if state_path.is_file():
+        state = load_torch(state_path, "cpu")
+        diffs = arch_mismatch(state["arch_config"], arch_config)
+        if diffs:
+            raise ResumeMismatchError(
+                f"{state_path} was trained with a different architecture config ({'; '.join(diffs)}). Delete "
+                f"{run_dir} to start over, or restore those params to resume."
+            )
+        changed = arch_mismatch(state["options"], cfg.model_dump(mode="json"))
+        if changed:
+            log.warning("resuming %s with changed options: %s", run_dir, "; ".join(changed))
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        G_ema.load_state_dict(state["G_ema"])
+        opt_G.load_state_dict(state["opt_G"])
+        opt_D.load_state_dict(state["opt_D"])
+        if state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        step, cur_nimg, best_fid = int(state["step"]), int(state["cur_nimg"]), float(state["best_fid"])
+        wall_time_s, last = float(state["wall_time_s"]), dict(state["last_stats"])
+        _set_rng_state(state["rng"], data_gen)
+        resumed_from_step = step
+        _truncate_stats(stats_path, step)
+        log.info("resumed %s at step %d (%.3f kimg)", run_dir, step, cur_nimg / 1000)
+    else:
+        _truncate_stats(stats_path, -1)  # stale lines from a run killed before its first checkpoint
+    write_json(run_dir / "training_options.json", {
+        **cfg.model_dump(mode="json"), "seed": seed, "prepared_dir": str(prepared_dir), "device": str(device),
+        "autocast_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
+        "num_images": num_images, "G_kwargs": G_kwargs, "D_kwargs": D_kwargs, "arch_config": arch_config,
+        "resumed_from_step": resumed_from_step, "torch_num_threads": torch.get_num_threads(),
+    })
+
+    # ---- Fixed inputs for sample grids and the mode-collapse signal (own seeds; the global RNG is untouched) ---
+    grid_rows = num_classes or cfg.grid_size
+    grid_z = latents(grid_rows * cfg.grid_size, cfg.z_dim, seed).to(device)
+    grid_c = torch.arange(num_classes, device=device).repeat_interleave(cfg.grid_size) if num_classes else None
+    div_n = min(cfg.mode_collapse_num_images, num_images)
+    div_z = latents(div_n, cfg.z_dim, seed + 1).to(device)
+    div_c = torch.arange(div_n, device=device) % num_classes if num_classes else None
+    div_idx = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))[:div_n].to(device)
+    div_reals = data[div_idx].float() / 127.5 - 1.0
+
+    def snapshot_meta() -> dict[str, Any]:
+        return dict(arch=cfg.arch, G_kwargs=G_kwargs, **G_kwargs, kimg=cur_nimg / 1000, step=step, seed=seed,
+                    loss=cfg.loss, ema_halflife_kimg=cfg.ema_halflife_kimg, best_fid=best_fid if eval_on else None,
+                    dataset_sha256=summary.get("dataset_sha256"), class_names=summary.get("class_names"))
+
+    def write_stats(entry: dict[str, Any]) -> None:
+        with open(stats_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    # ---- Per-interval actions: sample grid + diversity, evaluation, checkpoint -------------------------------
+    def sample_grid() -> None:
+        with torch.no_grad():
+            fakes = torch.cat([G_ema(z, None if grid_c is None else grid_c[i:i + len(z)])
+                               for i, z in zip(range(0, len(grid_z), 256), grid_z.split(256))])
+            ratio = diversity_ratio(G_ema(div_z, div_c), div_reals)
+        path = run_dir / f"fakes{cur_nimg // 1000:06d}.png"
+        save_grid(fakes.float(), grid_rows, path)
+        save_grid(fakes.float(), grid_rows, run_dir / "fakes-latest.png")
+        logger.log_image(path)
+        write_stats({"step": step, "kimg": cur_nimg / 1000, "diversity_ratio": ratio})
+        logger.log_metrics({"diversity_ratio": ratio}, step=step)
+        if ratio < cfg.mode_collapse_threshold:
+            log.warning("possible mode collapse at step %d: G_ema/real pairwise-distance ratio %.3f < %.3f",
+                        step, ratio, cfg.mode_collapse_threshold)
+
+    def evaluate() -> None:
+        nonlocal best_fid
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            metrics = {k: float(v) for k, v in metric_fn(G_ema).items()}
+        if "fid" not in metrics:
+            raise ValueError(f"metric_fn must return a 'fid' key to keep the best snapshot, got {sorted(metrics)}")
+        write_stats({"step": step, "kimg": cur_nimg / 1000, **{f"metric/{k}": v for k, v in metrics.items()}})
+        logger.log_metrics({f"metric/{k}": v for k, v in metrics.items()}, step=step)
+        if metrics["fid"] < best_fid:
+            best_fid = metrics["fid"]
+            save_snapshot(run_dir / "network-snapshot.pt", G_ema, snapshot_meta())
+
+    def checkpoint() -> None:
+        for name, net in (("G", G), ("D", D), ("G_ema", G_ema)):
+            if not _all_finite(net):  # belt and braces: never overwrite good files with broken weights
+                raise TrainingDivergedError(f"non-finite weights in {name} at step {step}; last good state kept")
+        save_snapshot(run_dir / "network-snapshot-latest.pt", G_ema, snapshot_meta())
+        if not eval_on:
+            save_snapshot(run_dir / "network-snapshot.pt", G_ema, snapshot_meta())
+        save_torch({
+            "format": STATE_FORMAT, "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+            "scaler": scaler.state_dict() if use_scaler else {}, "step": step, "cur_nimg": cur_nimg,
+            "best_fid": best_fid, "wall_time_s": wall_time_s + (time.time() - t_start), "last_stats": last,
+            "augment": {"policy": ",".join(augment_policy)}, "rng": _rng_state(data_gen),
+            "arch_config": arch_config, "options": cfg.model_dump(mode="json"),
+        }, state_path)
+
+    def crossed(interval_kimg: float, prev_nimg: int) -> bool:
+        every = interval_kimg * 1000
+        return interval_kimg > 0 and int(cur_nimg // every) > int(prev_nimg // every)
+
+    # ---- Main loop: one D step then one G step per iteration -----------------------------------------------------
+    B = cfg.batch_size
+    total_nimg = int(round(cfg.total_kimg * 1000))
+    beta = ema_beta(B, cfg.ema_halflife_kimg)
+    use_gp = loss.needs_gradient_penalty and cfg.gp_lambda > 0
+    saved_step = step if resumed_from_step is not None else None
+    window_s, window_steps = 0.0, 0
+    pbar = tqdm(total=cfg.total_kimg, initial=cur_nimg / 1000, unit="kimg", disable=not progress,
+                bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}]")
+
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, augment_policy) if augment_policy else x
+
+    while cur_nimg < total_nimg:
+        t_step = time.perf_counter()
+
+        # D step: real batch by seeded index, fakes from fresh z (with the real batch's labels when conditional).
+        idx = torch.randint(num_images, (B,), generator=data_gen).to(device)
+        reals = (data[idx].float() / 127.5 - 1.0).contiguous(memory_format=memory_format)
+        c_real = labels[idx] if num_classes else None
+        z = torch.randn(B, cfg.z_dim, device=device)
+        c_fake = c_real  # fake labels follow the data's class frequencies; also lets GP share one label per pair
+        D.requires_grad_(True)
+        with autocast():
+            with torch.no_grad():
+                fakes = G(z, c_fake)
+            aug_reals, aug_fakes = augment(reals), augment(fakes.float())
+            real_logits = D(aug_reals, c_real).float()
+            fake_logits = D(aug_fakes, c_fake).float()
+        loss_D = loss.d_loss(real_logits, fake_logits)
+        gp = r1 = None
+        if use_gp:  # penalties in fp32: double backward under autocast is fragile
+            gp = gradient_penalty(D, aug_reals.float(), aug_fakes.float(), c_real)
+            loss_D = loss_D + cfg.gp_lambda * gp
+        if cfg.r1_gamma > 0 and step % cfg.r1_interval == 0:  # lazy R1 (StyleGAN2 sec. 3.1)
+            r1 = r1_penalty(D, aug_reals.float(), c_real)
+            loss_D = loss_D + r1 * (cfg.r1_gamma / 2) * cfg.r1_interval
+        _guard("loss_D", float(loss_D.detach()), step)
+        opt_D.zero_grad(set_to_none=True)
+        scaler.scale(loss_D).backward()
+        scaler.unscale_(opt_D)
+        grad_norm_D = _grad_norm(D)
+        if not (use_scaler and not math.isfinite(grad_norm_D)):  # fp16 overflow: the scaler skips the step
+            _guard("grad_norm_D", grad_norm_D, step, cfg.grad_norm_limit)
+        scaler.step(opt_D)
+
+        # G step: D frozen so its grads stay untouched.
+        D.requires_grad_(False)
+        z = torch.randn(B, cfg.z_dim, device=device)
+        c_fake = torch.randint(num_classes, (B,), device=device) if num_classes else None
+        with autocast():
+            gen_logits = D(augment(G(z, c_fake).float()), c_fake).float()
+        loss_G = loss.g_loss(gen_logits)
+        _guard("loss_G", float(loss_G.detach()), step)
+        opt_G.zero_grad(set_to_none=True)
+        scaler.scale(loss_G).backward()
+        scaler.unscale_(opt_G)
+        grad_norm_G = _grad_norm(G)
+        if not (use_scaler and not math.isfinite(grad_norm_G)):
+            _guard("grad_norm_G", grad_norm_G, step, cfg.grad_norm_limit)
+        scaler.step(opt_G)
+        scaler.update()
+
+        # G_ema, counters.
+        update_ema(G_ema, G, beta)
+        prev_nimg = cur_nimg
+        cur_nimg += B
+        step += 1
+        pbar.update((min(cur_nimg, total_nimg) - min(prev_nimg, total_nimg)) / 1000)
+        window_s += time.perf_counter() - t_step
+        window_steps += 1
+
+        # Logging.
+        last = {"loss_G": float(loss_G.detach()), "loss_D": float(loss_D.detach()),
+                "D_real": float(real_logits.detach().mean()),
+                "D_fake": float(fake_logits.detach().mean()), "grad_norm_D": grad_norm_D, "grad_norm_G": grad_norm_G}
+        if gp is not None:
+            last["gp"] = float(gp.detach())
+        if r1 is not None:
+            last["r1"] = float(r1.detach())
+        done = cur_nimg >= total_nimg
+        if step % cfg.log_every_steps == 0 or done:
+            sec_per_step = window_s / window_steps
+            entry = {"step": step, "kimg": cur_nimg / 1000, **last, "sec_per_step": sec_per_step,
+                     "images_per_s": B / sec_per_step}
+            write_stats(entry)
+            logger.log_metrics({k: v for k, v in entry.items() if k != "step"}, step=step)
+            window_s, window_steps = 0.0, 0
+
+        # Interval actions (and always at the end).
+        if crossed(cfg.sample_every_kimg, prev_nimg) or done:
+            sample_grid()
+        if eval_on and (crossed(cfg.eval_every_kimg, prev_nimg) or done):
+            evaluate()
+        if crossed(cfg.checkpoint_every_kimg, prev_nimg) or done:
+            checkpoint()
+            saved_step = step
+    pbar.close()
+
+    # ---- Summary ---------------------------------------------------------------------------------------------------
+    if saved_step != step:  # e.g. total_kimg reached with no step taken in this call and no state yet
+        checkpoint()
+    snapshot_path = run_dir / "network-snapshot.pt"
+    if not snapshot_path.is_file():  # eval on but every FID was NaN: fall back to latest
+        save_snapshot(snapshot_path, G_ema, snapshot_meta())
+    summary_out = {
+        "step": step, "kimg": cur_nimg / 1000, "cur_nimg": cur_nimg,
+        "wall_time_s": wall_time_s + (time.time() - t_start),
+        "loss_G": last.get("loss_G"), "loss_D": last.get("loss_D"),
+        "best_fid": best_fid if eval_on and math.isfinite(best_fid) else None,
+        "snapshot": str(snapshot_path), "snapshot_sha256": sha256_file(snapshot_path),
+        "snapshot_latest_sha256": sha256_file(run_dir / "network-snapshot-latest.pt"),
+        "resumed_from_step": resumed_from_step, "device": str(device), "precision": cfg.precision,
+        "arch": cfg.arch, "loss": cfg.loss,
+    }
+    write_json(run_dir / "train.json", summary_out)
+    return summary_out
+
+
+__all__ = ["ResumeMismatchError", "TrainingDivergedError", "resolve_device", "resolve_precision", "training_loop"]

@@ -1,0 +1,98 @@
+"""Network snapshot (G_ema + how to rebuild it; for evaluation and the registry) and training state (for resume).
+
+Both are plain ``torch.save`` dicts of tensors and Python scalars/containers, written atomically and loadable with
+``torch.load(weights_only=True)`` (no pickled classes): the architecture is rebuilt from ``arch`` + ``G_kwargs``
+through :func:`ganops.models.build_G`.
+
+Snapshot layout: ``{"format": 1, "G_ema": state_dict, "metadata": {arch, z_dim, resolution, channels, num_classes,
+kimg, step, G_kwargs, ...}}``.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ganops.io import atomic_write
+from ganops.models import build_G
+
+SNAPSHOT_FORMAT = 1
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN/inf or a gradient norm exceeded ``train.grad_norm_limit``; nothing from that step was
+    saved, the last good ``training-state.pt`` / snapshots in the run directory are intact."""
+
+
+class ResumeMismatchError(ValueError):
+    """``training-state.pt`` in the run directory was made with a different architecture config."""
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (temporary file + fsync + rename)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getbuffer())
+
+
+def load_torch(path: str | Path, device: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` mapped to ``device``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (message says how it is produced).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run `ganops train` to produce it")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def save_snapshot(path: str | Path, G_ema: nn.Module, metadata: dict[str, Any]) -> None:
+    """Write G_ema's state_dict + ``metadata`` (must hold ``arch`` and ``G_kwargs``) atomically to ``path``."""
+    missing = {"arch", "G_kwargs", "z_dim", "resolution", "channels", "num_classes", "kimg", "step"} - set(metadata)
+    if missing:
+        raise ValueError(f"snapshot metadata lacks {sorted(missing)}")
+    state = {k: v.detach().cpu() for k, v in G_ema.state_dict().items()}
+    save_torch({"format": SNAPSHOT_FORMAT, "G_ema": state, "metadata": metadata}, path)
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild G_ema from a ``network-snapshot*.pt`` file.
+
+    Returns:
+        (G_ema in eval mode with ``requires_grad=False``, on ``device``; the metadata dict with at least ``arch,
+        z_dim, resolution, channels, num_classes (0 = unconditional), kimg, step, G_kwargs``).
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a ganops snapshot (wrong keys or format version).
+    """
+    blob = load_torch(path, device)
+    if not isinstance(blob, dict) or blob.get("format") != SNAPSHOT_FORMAT or "G_ema" not in blob:
+        raise ValueError(f"{path} is not a ganops network snapshot (format {SNAPSHOT_FORMAT}); re-export it")
+    meta = dict(blob["metadata"])
+    G = build_G(meta["arch"], **meta["G_kwargs"])
+    G.load_state_dict(blob["G_ema"])
+    G.to(device).eval().requires_grad_(False)
+    return G, meta
+
+
+def arch_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys of the architecture config whose values differ, as ``"key: saved -> current"`` strings."""
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+
+
+__all__ = [
+    "ResumeMismatchError",
+    "TrainingDivergedError",
+    "arch_mismatch",
+    "load_generator",
+    "load_torch",
+    "save_snapshot",
+    "save_torch",
+]
