@@ -29,7 +29,7 @@ from PIL import Image
 from ganops.config import PrepareConfig
 from ganops.data import source_fashion_mnist as fmnist
 from ganops.data.errors import DataError
-from ganops.data.source_folder import BadImage, FolderImage, load_folder
+from ganops.data.source_folder import BadImage, FolderImage, center_crop_resize, load_folder
 from ganops.io import atomic_write, write_json
 
 SPLITS = ("train", "test")
@@ -94,12 +94,8 @@ def to_nchw(images: np.ndarray, *, resolution: int, channels: int) -> np.ndarray
     ``channels=3`` replicates the gray channel.
     """
     if images.shape[1:] != (resolution, resolution):
-        from PIL import ImageOps
-
-        size = (resolution, resolution)
-        images = np.stack(
-            [np.asarray(ImageOps.fit(Image.fromarray(im), size, method=Image.Resampling.LANCZOS)) for im in images]
-        ) if len(images) else np.zeros((0, *size), np.uint8)  # fmt: skip
+        resized = [np.asarray(center_crop_resize(Image.fromarray(im), resolution)) for im in images]
+        images = np.stack(resized) if resized else np.zeros((0, resolution, resolution), np.uint8)
     return np.ascontiguousarray(np.repeat(images[:, None], channels, axis=1))
 
 

@@ -11,18 +11,18 @@ Conversion, in this order (all via Pillow):
    instead of scaling); float gray (``F``) is clipped to 0..255.
 3. Transparency (RGBA, LA, PA, palette or RGB with a transparent colour) is alpha-composited onto **white**.
 4. Colour conversion to ``L`` (ITU-R 601-2 luma) or ``RGB``; CMYK JPEGs go through Pillow's CMYK->RGB.
-5. Centre crop to a square (the shorter side), then Lanczos resize to ``resolution x resolution``
-   (``ImageOps.fit``).
+5. Centre crop to a square (the shorter side), then Lanczos resize to ``resolution x resolution``.
 
 Refused (a "bad image", subject to ``on_bad_image``): files that do not decode as PNG/JPEG, truncated files,
 symlinks whose target lies outside ``root``, and images with more than ``max_image_pixels`` pixels; the pixel
 count is read from the header before any pixel data is decoded, so a 40000x40000 image costs no memory.
+Pillow's own decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``, error above twice its value, ~179 Mpx) also
+refuses from the header, whatever ``max_image_pixels`` says.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +133,19 @@ def _flatten_alpha(im: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
+def center_crop_resize(im: Image.Image, resolution: int) -> Image.Image:
+    """Crop the centred square of side min(W, H), then Lanczos-resize it to ``resolution`` x ``resolution``.
+
+    The crop happens first so no pixel outside the square leaks in through the filter support (``ImageOps.fit``
+    resizes from a box and lets the Lanczos kernel read neighbours outside it).
+    """
+    w, h = im.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    im = im.crop((left, top, left + side, top + side))
+    return im if side == resolution else im.resize((resolution, resolution), Image.Resampling.LANCZOS)
+
+
 def convert_image(im: Image.Image, *, resolution: int, channels: int) -> np.ndarray:
     """Convert a loaded Pillow image per the module docstring.
 
@@ -142,7 +155,7 @@ def convert_image(im: Image.Image, *, resolution: int, channels: int) -> np.ndar
     im = ImageOps.exif_transpose(im)
     im = _flatten_alpha(_to_8bit(im))
     im = im.convert("L" if channels == 1 else "RGB")
-    im = ImageOps.fit(im, (resolution, resolution), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+    im = center_crop_resize(im, resolution)
     arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy()
 
@@ -151,17 +164,15 @@ def load_image(path: Path, rel: str, label: int, *, resolution: int, channels: i
     """Open, check and convert one file. Returns a :class:`FolderImage` or a :class:`BadImage` (never raises
     for a bad file)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=FORMATS) as im:  # reads the header only
-                width, height = im.size
-                if width * height > max_image_pixels:
-                    return BadImage(rel, _too_large(width, height, max_image_pixels))
-                mode = im.mode
-                im.load()
-                pixels = convert_image(im, resolution=resolution, channels=channels)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        return BadImage(rel, f"refused by Pillow's decompression-bomb guard: {err}")
+        with Image.open(path, formats=FORMATS) as im:  # parses the header only
+            width, height = im.size
+            if width * height > max_image_pixels:
+                return BadImage(rel, _too_large(width, height, max_image_pixels))
+            mode = im.mode
+            im.load()
+            pixels = convert_image(im, resolution=resolution, channels=channels)
+    except Image.DecompressionBombError as err:  # raised by Image.open from the header, before decoding
+        return BadImage(rel, f"refused by Pillow's decompression-bomb guard before decoding: {err}")
     except Image.UnidentifiedImageError:
         return BadImage(rel, f"not a {'/'.join(FORMATS)} image (cannot identify the file)")
     except (OSError, SyntaxError, ValueError) as err:
