@@ -1,0 +1,166 @@
+"""Training-loop behaviour on tiny configs: run-directory contract, determinism, resume, divergence guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganops.io import sha256_file
+from ganops.training import loop as loop_mod
+from ganops.training.loop import training_loop
+from ganops.training.snapshot import ResumeMismatchError, TrainingDivergedError, load_generator, load_torch
+
+from .conftest import tiny_cfg, write_prepared
+
+
+def _state(run_dir: Path) -> dict:
+    return load_torch(run_dir / "training-state.pt")
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    for net in ("G", "D", "G_ema"):
+        assert a[net].keys() == b[net].keys()
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs"
+
+
+def test_run_directory_contract(tmp_path, prepared):
+    run = tmp_path / "run"
+    out = training_loop(tiny_cfg(run), prepared_dir=prepared, seed=0, progress=False)
+    for name in ("training_options.json", "stats.jsonl", "fakes000000.png", "fakes-latest.png", "training-state.pt",
+                 "network-snapshot.pt", "network-snapshot-latest.pt", "train.json"):
+        assert (run / name).is_file(), name
+    # 0.04 kimg at batch 8 = 5 steps, 40 images.
+    assert (out["step"], out["cur_nimg"]) == (5, 40)
+    assert json.loads((run / "train.json").read_text()) == json.loads(json.dumps(out))
+    assert out["snapshot_sha256"] == sha256_file(run / "network-snapshot.pt")
+    step_lines = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines() if "loss_G" in x]
+    assert [e["step"] for e in step_lines] == [1, 2, 3, 4, 5]
+    for key in ("kimg", "loss_D", "D_real", "D_fake", "grad_norm_D", "grad_norm_G", "sec_per_step", "images_per_s"):
+        assert np.isfinite(step_lines[-1][key]), key
+    assert step_lines[-1]["loss_G"] == pytest.approx(out["loss_G"])
+    # Grid: grid_size x grid_size tiles of 8 px, greyscale.
+    img = Image.open(run / "fakes-latest.png")
+    assert (img.size, img.mode) == ((16, 16), "L")
+    # The snapshot loads with weights_only and rebuilds G_ema exactly.
+    G, meta = load_generator(run / "network-snapshot.pt")
+    assert (meta["arch"], meta["z_dim"], meta["resolution"], meta["channels"], meta["num_classes"]) == (
+        "dcgan", 8, 8, 1, 0)
+    assert meta["step"] == 5 and not G.training
+    state = _state(run)
+    for k, v in G.state_dict().items():
+        assert torch.equal(v, state["G_ema"][k])
+    options = json.loads((run / "training_options.json").read_text())
+    assert options["G_kwargs"] == meta["G_kwargs"] and options["seed"] == 0
+
+
+def test_same_seed_bit_identical_other_seed_differs(tmp_path, prepared):
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        training_loop(tiny_cfg(tmp_path / name, diffaugment="translation,cutout,color"), prepared_dir=prepared,
+                      seed=seed, progress=False)
+    _assert_same_weights(_state(tmp_path / "a"), _state(tmp_path / "b"))
+    a, c = _state(tmp_path / "a"), _state(tmp_path / "c")
+    assert not all(torch.equal(a["G"][k], c["G"][k]) for k in a["G"])
+
+
+def test_resume_extends_total_kimg_bit_identically(tmp_path, prepared):
+    training_loop(tiny_cfg(tmp_path / "full", total_kimg=0.08), prepared_dir=prepared, seed=1, progress=False)
+    training_loop(tiny_cfg(tmp_path / "split", total_kimg=0.04), prepared_dir=prepared, seed=1, progress=False)
+    out = training_loop(tiny_cfg(tmp_path / "split", total_kimg=0.08), prepared_dir=prepared, seed=1, progress=False)
+    assert out["resumed_from_step"] == 5 and out["step"] == 10
+    _assert_same_weights(_state(tmp_path / "full"), _state(tmp_path / "split"))
+    steps = [json.loads(x)["step"] for x in (tmp_path / "split" / "stats.jsonl").read_text().splitlines()
+             if "loss_G" in x]
+    assert steps == list(range(1, 11))
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests_dir!r})
+    from model.conftest import tiny_cfg
+    from ganops.training.loop import training_loop
+    cfg = tiny_cfg({run!r}, total_kimg=4.0, checkpoint_every_kimg=0.016, sample_every_kimg=1.0, num_threads=1)
+    training_loop(cfg, prepared_dir={prepared!r}, seed=7, progress=False)
+""")
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, prepared):
+    run = tmp_path / "killed"
+    script = _KILL_SCRIPT.format(tests_dir=str(Path(__file__).parents[1]), run=str(run), prepared=str(prepared))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "training-state.pt").is_file():
+            assert proc.poll() is None, f"trainer exited early: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.02)
+        time.sleep(0.3)  # let it run past the first checkpoint, possibly into a write
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = _state(run)["step"]
+    total = 0.4  # 50 steps; the kill must land before the end for the test to mean anything
+    assert killed_at < 50
+    out = training_loop(tiny_cfg(run, total_kimg=total, checkpoint_every_kimg=0.016, sample_every_kimg=1.0,
+                                 num_threads=1), prepared_dir=prepared, seed=7, progress=False)
+    assert out["resumed_from_step"] == killed_at
+    training_loop(tiny_cfg(tmp_path / "ref", total_kimg=total, checkpoint_every_kimg=0.016, sample_every_kimg=1.0,
+                           num_threads=1), prepared_dir=prepared, seed=7, progress=False)
+    _assert_same_weights(_state(tmp_path / "ref"), _state(run))
+    a, b = _state(tmp_path / "ref"), _state(run)
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"]) and torch.equal(a["rng"]["data"], b["rng"]["data"])
+    for k in a["opt_G"]["state"]:
+        assert torch.equal(a["opt_G"]["state"][k]["exp_avg"], b["opt_G"]["state"][k]["exp_avg"])
+
+
+def test_resume_refuses_architecture_change(tmp_path, prepared):
+    training_loop(tiny_cfg(tmp_path / "r"), prepared_dir=prepared, seed=0, progress=False)
+    with pytest.raises(ResumeMismatchError, match=r"ngf: 8 -> 16.*Delete"):
+        training_loop(tiny_cfg(tmp_path / "r", ngf=16, total_kimg=0.08), prepared_dir=prepared, seed=0,
+                      progress=False)
+    with pytest.raises(ResumeMismatchError, match="loss: 'non_saturating' -> 'hinge'"):
+        training_loop(tiny_cfg(tmp_path / "r", loss="hinge", total_kimg=0.08), prepared_dir=prepared, seed=0,
+                      progress=False)
+
+
+def test_grad_norm_limit_raises_before_any_write(tmp_path, prepared):
+    with pytest.raises(TrainingDivergedError, match=r"step 0: grad_norm_D = .* exceeds grad_norm_limit"):
+        training_loop(tiny_cfg(tmp_path / "d", grad_norm_limit=1e-9), prepared_dir=prepared, seed=0, progress=False)
+    assert not (tmp_path / "d" / "training-state.pt").exists()
+
+
+def test_nan_loss_keeps_last_good_state(tmp_path, prepared, monkeypatch):
+    run = tmp_path / "n"
+    training_loop(tiny_cfg(run), prepared_dir=prepared, seed=0, progress=False)
+    before = {n: sha256_file(run / n) for n in ("training-state.pt", "network-snapshot.pt", "train.json")}
+
+    good = loop_mod.get_loss("non_saturating")
+    calls = {"n": 0}
+
+    def g_loss_nan_on_third(fake):
+        calls["n"] += 1
+        out = good.g_loss(fake)
+        return out * float("nan") if calls["n"] == 3 else out
+
+    monkeypatch.setattr(loop_mod, "get_loss", lambda name: type(good)(good.name, good.d_loss, g_loss_nan_on_third))
+    with pytest.raises(TrainingDivergedError, match=r"step 7: loss_G is nan"):
+        training_loop(tiny_cfg(run, total_kimg=0.2, checkpoint_every_kimg=0.008), prepared_dir=prepared, seed=0,
+                      progress=False)
+    # Resumed at 5; iterations 5 and 6 completed and were checkpointed (interval = 1 step) -> state at step 7;
+    # the third iteration (step 7) produced NaN and never reached the disk.
+    assert _state(run)["step"] == 7
+    assert before["train.json"] == sha256_file(run / "train.json")
+    assert torch.isfinite(torch.cat([v.flatten().float() for v in _state(run)["G"].values()])).all()
