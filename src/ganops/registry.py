@@ -1,0 +1,302 @@
+"""MLflow model registry: log G_ema as a pyfunc model, register it once per snapshot, alias it by FID.
+
+Policy (the ``register`` stage):
+
+- Refuse (raise :class:`RegistrationError`) when ``eval.json`` is missing or its FID is not finite, when it scores
+  another snapshot than the one in the run directory, or when the training run is marked failed.
+- Idempotent: the snapshot's content SHA-256 is a version tag; a snapshot already registered under
+  ``cfg.model_name`` is returned as it is, never registered twice.
+- Alias ``champion`` when there is no champion yet or the new FID is strictly lower than the champion's (its
+  version tag ``fid``, else its run's ``fid`` metric) *measured the same way* (same protocol, number of samples
+  and dataset); otherwise ``challenger``. FIDs from different protocols or sample counts are not comparable
+  (FID is biased in the sample count: Chong & Forsyth, "Effectively Unbiased FID", CVPR 2020), so such a model
+  never silently replaces a champion.
+
+MLflow 3 API: ``log_model(name=...)`` creates a LoggedModel, ``register_model`` a version, aliases replace stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import logging
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from ganops.config import RegisterConfig
+from ganops.io import read_json, sha256_file, write_json
+from ganops.tracking import STATUS_TAG, read_run_id, tracking_uri
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FILE = "network-snapshot.pt"
+MODEL_CODE_FILE = Path(__file__).with_name("_mlflow_model_code.py")
+# What the pyfunc needs at load time; versions are read from this environment without local tags ("+cpu"),
+# which MLflow's own inference would keep and which pip cannot resolve from PyPI.
+RUNTIME_DISTRIBUTIONS = ("mlflow", "torch", "numpy", "pandas", "scipy", "pydantic", "pyyaml")
+# Version tags that must agree for two FIDs to be compared.
+COMPARABLE_TAGS = ("protocol", "num_samples", "dataset_sha256")
+
+
+class RegistrationError(RuntimeError):
+    """The model must not be registered (missing/non-finite evaluation, stale evaluation, failed training run)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def read_evaluation(eval_json: str | Path) -> dict[str, Any]:
+    """Read ``metrics/eval.json`` and check that it can justify a registration.
+
+    Raises:
+        RegistrationError: the file is missing or not JSON, or ``fid`` is missing or not a finite number.
+    """
+    path = Path(eval_json)
+    if not path.is_file():
+        raise RegistrationError(f"evaluation file {path} not found: run `ganops evaluate` (or `dvc repro evaluate`) "
+                                "before registering")
+    try:
+        ev = read_json(path)
+    except json.JSONDecodeError as err:
+        raise RegistrationError(f"evaluation file {path} is not valid JSON ({err}); re-run `ganops evaluate`") from None
+    fid = ev.get("fid") if isinstance(ev, dict) else None
+    if not isinstance(fid, (int, float)) or isinstance(fid, bool) or not math.isfinite(fid):
+        raise RegistrationError(f"FID in {path} is {fid!r}, not a finite number: the generator is not registered "
+                                "(check the training run for divergence)")
+    return ev
+
+
+def pip_requirements() -> list[str]:
+    """Exact pins of :data:`RUNTIME_DISTRIBUTIONS` from the current environment, local version labels stripped."""
+    reqs = []
+    for dist in RUNTIME_DISTRIBUTIONS:
+        try:
+            reqs.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+
+def _optional_json(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.is_file() else {}
+
+
+def _check_training_run(client: Any, run_id: str) -> None:
+    run = client.get_run(run_id)
+    failed_tag = run.data.tags.get(STATUS_TAG.format(stage="train")) == "failed"
+    if run.info.status == "FAILED" or failed_tag:
+        raise RegistrationError(f"MLflow run {run_id} is marked failed (status {run.info.status}, "
+                                f"{STATUS_TAG.format(stage='train')}={run.data.tags.get(STATUS_TAG.format(stage='train'))}); "
+                                "re-run training before registering")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registry queries
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def find_version_by_snapshot(client: Any, model_name: str, snapshot_sha256: str) -> Any | None:
+    """The model version of ``model_name`` tagged with ``snapshot_sha256``, or None."""
+    for mv in client.search_model_versions(f"name = '{model_name}'"):
+        if mv.tags.get("snapshot_sha256") == snapshot_sha256:
+            return mv
+    return None
+
+
+def _champion(client: Any, model_name: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, "champion")
+    except MlflowException:
+        return None
+
+
+def _version_fid(client: Any, mv: Any) -> float | None:
+    raw = mv.tags.get("fid")
+    if raw is None and mv.run_id:
+        raw = client.get_run(mv.run_id).data.metrics.get("fid")
+    try:
+        fid = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return fid if math.isfinite(fid) else None
+
+
+def choose_alias(new_fid: float, new_tags: dict[str, str], champion_fid: float | None,
+                 champion_tags: dict[str, str] | None) -> tuple[str, str]:
+    """``("champion" | "challenger", reason)`` for a new version (lower FID is better).
+
+    A champion without a readable FID is replaced; one measured differently (any of :data:`COMPARABLE_TAGS`
+    differs) is kept and the new version becomes ``challenger``.
+    """
+    if champion_tags is None:
+        return "champion", "no champion yet"
+    if champion_fid is None:
+        return "champion", "current champion has no finite FID"
+    differs = [k for k in COMPARABLE_TAGS if champion_tags.get(k) != new_tags.get(k)]
+    if differs:
+        return "challenger", f"FID not comparable with the champion's (different {', '.join(differs)})"
+    if new_fid < champion_fid:
+        return "champion", f"FID {new_fid:.4f} < champion's {champion_fid:.4f}"
+    return "challenger", f"FID {new_fid:.4f} >= champion's {champion_fid:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Logging the model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _signature(meta: dict[str, Any]) -> tuple[Any, Any]:
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    conditional = int(meta.get("num_classes", 0) or 0) > 0
+    cols = [ColSpec("long", "num_images"), ColSpec("long", "seed")]
+    example = {"num_images": [2], "seed": [0]}
+    if conditional:
+        cols.append(ColSpec("long", "class_label", required=False))
+        example["class_label"] = [0]
+    shape = (-1, int(meta["resolution"]), int(meta["resolution"]), int(meta["channels"]))
+    sig = ModelSignature(inputs=Schema(cols), outputs=Schema([TensorSpec(np.dtype(np.uint8), shape)]))
+    return sig, pd.DataFrame({k: np.asarray(v, dtype=np.int64) for k, v in example.items()})
+
+
+def _model_card(model_name: str, meta: dict[str, Any], ev: dict[str, Any], tags: dict[str, str]) -> str:
+    kind = f"conditional on {meta['num_classes']} classes" if int(meta.get("num_classes", 0) or 0) else "unconditional"
+    return (f"{model_name}: {tags['arch']} GAN generator (G_ema), {kind}, {tags['loss']} loss, "
+            f"{meta['resolution']}x{meta['resolution']}x{meta['channels']} uint8 images, trained {meta.get('kimg')} kimg.\n"
+            f"FID {float(ev['fid']):.3f}, KID {tags['kid']} ({tags['protocol']}, {tags['num_samples']} samples vs "
+            f"the prepared test split, dataset sha256 {tags['dataset_sha256'][:12]}).\n"
+            "Input: DataFrame num_images, seed[, class_label]; output: uint8 (N, H, W, C).\n"
+            f"Snapshot sha256 {tags['snapshot_sha256']}.")
+
+
+@contextlib.contextmanager
+def _active_run(run_id: str) -> Iterator[None]:
+    """Make ``run_id`` the active fluent run for ``log_model`` unless it already is."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield
+        return
+    if active is not None:
+        raise RegistrationError(f"another MLflow run ({active.info.run_id}) is active; expected {run_id}")
+    mlflow.start_run(run_id=run_id)
+    try:
+        yield
+    finally:
+        mlflow.end_run()  # keep the run's status as the training left it: FINISHED
+
+
+def _resolve_run(run_dir: Path, run_id: str | None) -> tuple[Any, str]:
+    import mlflow
+    from mlflow import MlflowClient
+
+    active = mlflow.active_run()
+    if active is None:  # called outside stage_logger: use the project store and the training run
+        uri = tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    run_id = run_id or (active.info.run_id if active else None) or read_run_id(run_dir)
+    if run_id is None:
+        raise RegistrationError(f"no MLflow run to attach the model to: {run_dir}/mlflow_run.json is missing and no "
+                                "run is active; run the train stage through `ganops train` or `dvc repro`")
+    return client, run_id
+
+
+def register(cfg: RegisterConfig, *, run_dir: str | Path, eval_json: str | Path,
+             run_id: str | None = None) -> dict[str, Any]:
+    """Log G_ema from ``<run_dir>/network-snapshot.pt`` as an MLflow pyfunc model and register it.
+
+    Args:
+        cfg: ``register`` section (model name, output report path).
+        run_dir: training run directory (``network-snapshot.pt``, ``train.json``, ``training_options.json``,
+            ``mlflow_run.json``).
+        eval_json: ``metrics/eval.json`` written by the evaluate stage for this snapshot.
+        run_id: MLflow run to log the model into; default the active run, else the one in ``mlflow_run.json``.
+
+    Returns:
+        The registration record, also written to ``cfg.out``: ``model_name, version, alias, reason, run_id, fid,
+        kid, model_uri (models:/<name>/<version>), logged_model_uri, snapshot_sha256, newly_registered``.
+
+    Raises:
+        RegistrationError: see the module docstring (nothing is registered).
+        FileNotFoundError: the snapshot is missing.
+    """
+    run_dir = Path(run_dir)
+    ev = read_evaluation(eval_json)
+    snapshot = run_dir / SNAPSHOT_FILE
+    if not snapshot.is_file():
+        raise FileNotFoundError(f"generator snapshot {snapshot} not found: run the train stage first")
+    snapshot_sha = sha256_file(snapshot)
+    if ev.get("snapshot_sha256") not in (None, snapshot_sha):
+        raise RegistrationError(f"{eval_json} scores snapshot {str(ev['snapshot_sha256'])[:12]} but {snapshot} is "
+                                f"{snapshot_sha[:12]}: re-run `ganops evaluate`")
+    client, run_id = _resolve_run(run_dir, run_id)
+    for rid in {run_id, read_run_id(run_dir)} - {None}:
+        _check_training_run(client, rid)
+
+    existing = find_version_by_snapshot(client, cfg.model_name, snapshot_sha)
+    if existing is not None:
+        alias = next(iter(existing.aliases), None) if existing.aliases else None
+        record = _record(cfg, existing, alias, "snapshot already registered", ev, snapshot_sha, None, False)
+    else:
+        record = _log_and_register(cfg, client, run_id, run_dir, snapshot, snapshot_sha, ev)
+    write_json(cfg.out, record)
+    return record
+
+
+def _log_and_register(cfg: RegisterConfig, client: Any, run_id: str, run_dir: Path, snapshot: Path,
+                      snapshot_sha: str, ev: dict[str, Any]) -> dict[str, Any]:
+    import mlflow
+
+    import ganops
+    from ganops.training.snapshot import load_generator
+
+    _, meta = load_generator(snapshot, device="cpu")
+    options = _optional_json(run_dir / "training_options.json")
+    train_summary = _optional_json(run_dir / "train.json")
+    dataset_sha = (ev.get("dataset_sha256") or train_summary.get("dataset_sha256") or options.get("dataset_sha256")
+                   or client.get_run(run_id).data.params.get("dataset_sha256") or "unknown")
+    tags = {
+        "fid": repr(float(ev["fid"])), "kid": repr(float(ev.get("kid_mean", float("nan")))),
+        "protocol": str(ev.get("protocol", "unknown")), "num_samples": str(ev.get("num_generated", "unknown")),
+        "dataset_sha256": str(dataset_sha), "snapshot_sha256": snapshot_sha,
+        "arch": str(meta.get("arch", options.get("arch", "unknown"))),
+        "loss": str(options.get("loss", meta.get("loss", "unknown"))), "kimg": str(meta.get("kimg", "")),
+    }
+    signature, example = _signature(meta)
+    with _active_run(run_id):
+        info = mlflow.pyfunc.log_model(
+            name="generator", python_model=str(MODEL_CODE_FILE), artifacts={"snapshot": str(snapshot)},
+            code_paths=[str(Path(ganops.__file__).parent)], pip_requirements=pip_requirements(),
+            signature=signature, input_example=example, tags={"snapshot_sha256": snapshot_sha},
+        )
+    mv = mlflow.register_model(info.model_uri, cfg.model_name, tags=tags)
+    client.update_model_version(cfg.model_name, mv.version, description=_model_card(cfg.model_name, meta, ev, tags))
+    champion = _champion(client, cfg.model_name)
+    alias, reason = choose_alias(float(ev["fid"]), tags, _version_fid(client, champion) if champion else None,
+                                 dict(champion.tags) if champion else None)
+    client.set_registered_model_alias(cfg.model_name, alias, mv.version)
+    log.info("registered %s version %s as @%s (%s)", cfg.model_name, mv.version, alias, reason)
+    return _record(cfg, mv, alias, reason, ev, snapshot_sha, info.model_uri, True, run_id)
+
+
+def _record(cfg: RegisterConfig, mv: Any, alias: str | None, reason: str, ev: dict[str, Any], snapshot_sha: str,
+            logged_model_uri: str | None, new: bool, run_id: str | None = None) -> dict[str, Any]:
+    return {
+        "model_name": cfg.model_name, "version": int(mv.version), "alias": alias, "reason": reason,
+        "run_id": run_id or mv.run_id, "fid": float(ev["fid"]), "kid": ev.get("kid_mean"),
+        "model_uri": f"models:/{cfg.model_name}/{mv.version}", "logged_model_uri": logged_model_uri or mv.source,
+        "snapshot_sha256": snapshot_sha, "newly_registered": new,
+    }

@@ -1,0 +1,147 @@
+"""ganops.registry: refusal rules, idempotence, champion/challenger aliases, and the logged pyfunc's output."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ganops.config import RegisterConfig
+from ganops.io import sha256_file, write_json
+from ganops.models import build_G
+from ganops.registry import RegistrationError, choose_alias, pip_requirements, register
+from ganops.tracking import ENV_RUN_ID, RUN_ID_FILE, STATUS_TAG, configure_mlflow
+from ganops.training.sampling import latents
+from ganops.training.snapshot import save_snapshot
+
+G_KWARGS = {"z_dim": 8, "ngf": 4, "resolution": 16, "channels": 1, "num_classes": 0}
+MODEL = "unit-gan"
+
+
+def _write_snapshot(run_dir, torch_seed: int) -> str:
+    torch.manual_seed(torch_seed)
+    G = build_G("dcgan", **G_KWARGS).eval()
+    meta = {"arch": "dcgan", "G_kwargs": G_KWARGS, "kimg": 0.5, "step": 8, **{k: G_KWARGS[k] for k in
+            ("z_dim", "resolution", "channels", "num_classes")}}
+    save_snapshot(run_dir / "network-snapshot.pt", G, meta)
+    write_json(run_dir / "training_options.json", {"arch": "dcgan", "loss": "hinge"})
+    return sha256_file(run_dir / "network-snapshot.pt")
+
+
+def _write_eval(path, fid: float, snapshot_sha: str, protocol: str = "legacy_tensorflow") -> None:
+    write_json(path, {"fid": fid, "kid_mean": 0.01, "kid_std": 0.001, "num_generated": 100, "num_real": 100,
+                      "protocol": protocol, "snapshot_sha256": snapshot_sha, "kimg": 0.5})
+
+
+@pytest.fixture()
+def project(tmp_path, monkeypatch):
+    """cwd = tmp project with its own MLflow store; a training run recorded in runs/train/mlflow_run.json."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(ENV_RUN_ID, raising=False)
+    client, exp_id = configure_mlflow("unit")
+    run = client.create_run(exp_id)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    run_dir = tmp_path / "runs" / "train"
+    write_json(run_dir / RUN_ID_FILE, {"run_id": run.info.run_id})
+    yield client, run.info.run_id, run_dir
+    import mlflow
+
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def test_pip_requirements_are_exact_pins_without_local_labels():
+    reqs = pip_requirements()
+    torch_pin = next(r for r in reqs if r.startswith("torch=="))
+    assert torch_pin == f"torch=={torch.__version__.split('+')[0]}" and "+" not in torch_pin
+    assert all("==" in r for r in reqs) and any(r.startswith("mlflow==") for r in reqs)
+
+
+@pytest.mark.parametrize(("new_fid", "champ_fid", "champ_protocol", "expected"), [
+    (10.0, None, None, "champion"),                 # no champion at all
+    (10.0, 12.0, "legacy_tensorflow", "champion"),  # strictly better
+    (12.0, 12.0, "legacy_tensorflow", "challenger"),  # a tie does not replace the champion
+    (14.0, 12.0, "legacy_tensorflow", "challenger"),
+    (1.0, 12.0, "clean", "challenger"),             # different protocol: not comparable, keep the champion
+])
+def test_choose_alias(new_fid, champ_fid, champ_protocol, expected):
+    tags = {"protocol": "legacy_tensorflow", "num_samples": "100", "dataset_sha256": "abc"}
+    champ_tags = None if champ_protocol is None else {**tags, "protocol": champ_protocol}
+    assert choose_alias(new_fid, tags, champ_fid, champ_tags)[0] == expected
+
+
+@pytest.mark.parametrize("fid", [math.nan, math.inf, None])
+def test_non_finite_or_missing_fid_is_never_registered(project, tmp_path, fid):
+    client, _, run_dir = project
+    sha = _write_snapshot(run_dir, 0)
+    eval_json = tmp_path / "metrics" / "eval.json"
+    if fid is not None:
+        _write_eval(eval_json, fid, sha)
+    with pytest.raises(RegistrationError, match="FID|not found"):
+        register(RegisterConfig(model_name=MODEL, out=str(tmp_path / "reg.json")), run_dir=run_dir,
+                 eval_json=eval_json)
+    assert client.search_model_versions(f"name = '{MODEL}'") == []
+    assert not (tmp_path / "reg.json").exists()
+
+
+def test_failed_training_run_or_stale_eval_is_never_registered(project, tmp_path):
+    client, run_id, run_dir = project
+    sha = _write_snapshot(run_dir, 0)
+    cfg = RegisterConfig(model_name=MODEL, out=str(tmp_path / "reg.json"))
+    _write_eval(tmp_path / "eval.json", 5.0, "0" * 64)
+    with pytest.raises(RegistrationError, match="re-run `ganops evaluate`"):
+        register(cfg, run_dir=run_dir, eval_json=tmp_path / "eval.json")
+    _write_eval(tmp_path / "eval.json", 5.0, sha)
+    client.set_tag(run_id, STATUS_TAG.format(stage="train"), "failed")
+    with pytest.raises(RegistrationError, match="marked failed"):
+        register(cfg, run_dir=run_dir, eval_json=tmp_path / "eval.json")
+    assert client.search_model_versions(f"name = '{MODEL}'") == []
+
+
+def test_register_idempotent_champion_challenger_and_pyfunc_output(project, tmp_path):
+    import mlflow
+
+    client, run_id, run_dir = project
+    cfg = RegisterConfig(model_name=MODEL, out=str(tmp_path / "reports" / "registration.json"))
+    eval_json = tmp_path / "metrics" / "eval.json"
+
+    sha1 = _write_snapshot(run_dir, 0)
+    _write_eval(eval_json, 20.0, sha1)
+    rec1 = register(cfg, run_dir=run_dir, eval_json=eval_json)
+    assert (rec1["version"], rec1["alias"], rec1["run_id"], rec1["newly_registered"]) == (1, "champion", run_id, True)
+    assert json.loads((tmp_path / "reports" / "registration.json").read_text()) == rec1
+    mv = client.get_model_version(MODEL, "1")
+    assert mv.tags["snapshot_sha256"] == sha1 and float(mv.tags["fid"]) == 20.0
+    assert mv.tags["arch"] == "dcgan" and mv.tags["loss"] == "hinge" and mv.tags["protocol"] == "legacy_tensorflow"
+    assert "FID 20.000" in mv.description
+
+    # Same snapshot again: the existing version comes back, nothing new is registered.
+    rec_again = register(cfg, run_dir=run_dir, eval_json=eval_json)
+    assert (rec_again["version"], rec_again["newly_registered"]) == (1, False)
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
+
+    # The registered pyfunc draws the same images as G_ema itself (independent path: z -> G -> quantize).
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    out = model.predict(pd.DataFrame({"num_images": [3, 2], "seed": [7, 1]}))
+    assert isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (5, 16, 16, 1)
+    torch.manual_seed(0)
+    G = build_G("dcgan", **G_KWARGS).eval()
+    with torch.no_grad():
+        ref = (G(latents(3, 8, seed=7), None) * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    assert np.abs(out[:3].astype(int) - ref.numpy().astype(int)).max() <= 1  # float rounding of batched convs
+
+    # A worse snapshot becomes challenger; a better one takes the champion alias.
+    sha2 = _write_snapshot(run_dir, 1)
+    _write_eval(eval_json, 25.0, sha2)
+    assert register(cfg, run_dir=run_dir, eval_json=eval_json)["alias"] == "challenger"
+    sha3 = _write_snapshot(run_dir, 2)
+    _write_eval(eval_json, 15.0, sha3)
+    rec3 = register(cfg, run_dir=run_dir, eval_json=eval_json)
+    assert (rec3["version"], rec3["alias"]) == (3, "champion")
+    assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 3
+    assert int(client.get_model_version_by_alias(MODEL, "challenger").version) == 2
