@@ -61,8 +61,9 @@ def duplicate_report(metadata: pd.DataFrame, max_examples: int = EXAMPLES) -> di
     """
     train = metadata[metadata["split"] == "train"]
     test = metadata[metadata["split"] == "test"]
-    train_by_hash = train.groupby("sha256")["index"].apply(list)
-    dup = test[test["sha256"].isin(train_by_hash.index)]
+    dup = test[test["sha256"].isin(train["sha256"])]
+    twins = train[train["sha256"].isin(dup["sha256"])]  # group only the few duplicated hashes (groupby is slow)
+    train_by_hash = twins.groupby("sha256")["index"].apply(list)
     examples = [
         {"sha256": h, "test_index": int(i), "train_indices": [int(t) for t in train_by_hash[h][:5]]}
         for h, i in zip(dup["sha256"][:max_examples], dup["index"][:max_examples])
