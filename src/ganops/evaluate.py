@@ -1,0 +1,122 @@
+"""``evaluate`` stage: FID and KID of G_ema samples against the prepared test split.
+
+Samples G_ema with ``iter_samples`` (seeded), quantizes them to uint8 the NVIDIA way, and compares Inception pool3
+features with those of the first ``min(num_samples, N_test)`` test images. Reference statistics are cached under
+``cfg.ref_stats_dir`` keyed by protocol, weights sha256, dataset hash, split, count and precision.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganops.config import EvaluateConfig
+from ganops.io import sha256_file, write_json
+from ganops.metrics import ref_stats
+from ganops.metrics.fid import FeatureStats, frechet_distance
+from ganops.metrics.inception import FeatureExtractor, load_feature_extractor
+from ganops.metrics.inception_net import FEATURE_DIM
+from ganops.metrics.kid import kernel_inception_distance
+from ganops.metrics.preprocess import quantize_to_uint8
+from ganops.tracking import Logger, NullLogger
+
+log = logging.getLogger(__name__)
+SNAPSHOT_NAME = "network-snapshot.pt"
+
+
+def real_reference(extractor: FeatureExtractor, cfg: EvaluateConfig, prepared_dir: str | Path,
+                   split: str = "test", num_images: int | None = None) -> ref_stats.RefStats:
+    """Statistics (and kept features) of the first ``num_images`` images of a prepared split, cached.
+
+    Raises:
+        DataError: the prepared directory is missing or malformed (from ``ganops.data.dataset``).
+        ValueError: fewer than 2 images in the split.
+    """
+    from ganops.data.dataset import load_split, load_summary
+
+    images, _ = load_split(prepared_dir, split)
+    n = min(num_images or cfg.num_samples, images.shape[0])
+    if n < 2:
+        raise ValueError(f"the {split} split of {prepared_dir} has {images.shape[0]} images; FID needs at least 2")
+    key = ref_stats.RefStatsKey(cfg.protocol, extractor.weights_sha256, load_summary(prepared_dir)["dataset_sha256"],
+                                split, n, cfg.precision)
+
+    def compute() -> FeatureStats:
+        stats = FeatureStats(FEATURE_DIM, max_kept=n)
+        for i in range(0, n, cfg.batch_size):
+            stats.append(extractor.features(images[i:min(i + cfg.batch_size, n)], cfg.protocol, cfg.batch_size))
+        return stats
+
+    ref, cached = ref_stats.get_or_compute(cfg.ref_stats_dir, key, compute)
+    log.info("reference statistics for %s[:%d] %s", split, n, "loaded from cache" if cached else "computed")
+    return ref
+
+
+def generated_stats(G: torch.nn.Module, extractor: FeatureExtractor, cfg: EvaluateConfig, seed: int) -> FeatureStats:
+    """Streaming statistics of ``cfg.num_samples`` G samples (features kept for KID)."""
+    from ganops.training.sampling import iter_samples
+
+    stats = FeatureStats(FEATURE_DIM, max_kept=cfg.num_samples)
+    for batch in iter_samples(G, cfg.num_samples, seed=seed, batch_size=cfg.batch_size):
+        stats.append(extractor.features(quantize_to_uint8(batch), cfg.protocol, cfg.batch_size))
+    return stats
+
+
+def fid_kid(fake: FeatureStats, real: ref_stats.RefStats, cfg: EvaluateConfig, seed: int) -> dict:
+    kid_mean, kid_std = kernel_inception_distance(fake.kept_features, real.features, num_subsets=cfg.kid_subsets,
+                                                  subset_size=cfg.kid_subset_size, seed=seed)
+    return {"fid": frechet_distance(fake.mean, fake.cov, real.mu, real.sigma), "kid_mean": kid_mean,
+            "kid_std": kid_std, "num_generated": fake.n, "num_real": real.n}
+
+
+def make_metric_fn(cfg: EvaluateConfig, *, prepared_dir: str | Path, seed: int) -> Callable[[torch.nn.Module], dict]:
+    """A ``G_ema -> {"fid", "kid_mean", "kid_std", ...}`` callable for ``training_loop(metric_fn=...)``.
+
+    The extractor and the reference statistics are loaded once, on first call.
+    """
+    state: dict = {}
+
+    def metric_fn(G: torch.nn.Module) -> dict:
+        if not state:
+            state["extractor"] = load_feature_extractor(cfg.inception_path, precision=cfg.precision)
+            state["real"] = real_reference(state["extractor"], cfg, prepared_dir)
+        return fid_kid(generated_stats(G, state["extractor"], cfg, seed), state["real"], cfg, seed)
+
+    return metric_fn
+
+
+def evaluate(cfg: EvaluateConfig, *, run_dir: str | Path, prepared_dir: str | Path, seed: int,
+             logger: Logger = NullLogger()) -> dict:
+    """Evaluate ``run_dir/network-snapshot.pt`` and write ``cfg.out``.
+
+    Returns:
+        The eval.json dict: fid, kid_mean, kid_std, num_generated, num_real, protocol, precision, weights_sha256,
+        snapshot_sha256, kimg, seed, wall_time_s.
+    Raises:
+        FileNotFoundError: no snapshot in run_dir (run train first) or no Inception weights.
+        ValueError: the generator produced NaN/inf images, or too few samples.
+    """
+    from ganops.training.snapshot import load_generator
+
+    t0 = time.time()
+    snapshot = Path(run_dir) / SNAPSHOT_NAME
+    if not snapshot.is_file():
+        raise FileNotFoundError(f"no {SNAPSHOT_NAME} in {run_dir}; run `ganops train` first")
+    G, meta = load_generator(snapshot)
+    extractor = load_feature_extractor(cfg.inception_path, precision=cfg.precision)
+    real = real_reference(extractor, cfg, prepared_dir)
+    result = fid_kid(generated_stats(G, extractor, cfg, seed), real, cfg, seed)
+    result.update(protocol=cfg.protocol, precision=cfg.precision, weights_sha256=extractor.weights_sha256,
+                  snapshot_sha256=sha256_file(snapshot), kimg=float(meta.get("kimg", 0.0)), seed=seed,
+                  wall_time_s=round(time.time() - t0, 3))
+    if not np.isfinite(result["fid"]):
+        raise ValueError(f"FID is not finite ({result['fid']}); refusing to write {cfg.out}")
+    write_json(cfg.out, result)
+    logger.log_metrics({k: result[k] for k in ("fid", "kid_mean", "kid_std")})
+    logger.log_artifact(cfg.out, "metrics")
+    return result

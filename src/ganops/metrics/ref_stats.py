@@ -1,0 +1,79 @@
+"""Reference statistics cache: feature moments (and kept features) of a real image set, keyed by what made them.
+
+A cache file is reused only when every key field matches (protocol, weights sha256, dataset hash, split, number of
+images, precision); any mismatch recomputes and overwrites it, so stale statistics are never silently reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ganops.io import atomic_write
+from ganops.metrics.fid import FeatureStats
+
+
+@dataclass(frozen=True)
+class RefStatsKey:
+    protocol: str
+    weights_sha256: str
+    dataset_sha256: str
+    split: str
+    num_images: int
+    precision: str
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class RefStats:
+    """mu (d,), sigma (d, d) float64; n images; features: kept raw features (float32, maybe empty)."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    features: np.ndarray
+    key: RefStatsKey
+
+    @classmethod
+    def from_stats(cls, stats: FeatureStats, key: RefStatsKey) -> "RefStats":
+        return cls(stats.mean, stats.cov, stats.n, stats.kept_features, key)
+
+
+def cache_path(cache_dir: str | Path, key: RefStatsKey) -> Path:
+    return Path(cache_dir) / f"{key.split}-{key.num_images}-{key.protocol}-{key.digest()}.npz"
+
+
+def save(path: str | Path, ref: RefStats) -> None:
+    with atomic_write(path, "wb") as f:
+        np.savez(f, mu=ref.mu, sigma=ref.sigma, n=ref.n, features=ref.features,
+                 key=json.dumps(asdict(ref.key), sort_keys=True), protocol=ref.key.protocol,
+                 weights_sha256=ref.key.weights_sha256, dataset_sha256=ref.key.dataset_sha256)
+
+
+def load(path: str | Path, key: RefStatsKey) -> RefStats | None:
+    """The cached statistics when ``path`` exists and its stored key equals ``key``; otherwise None."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        if "key" not in z or json.loads(str(z["key"])) != asdict(key):
+            return None
+        return RefStats(z["mu"], z["sigma"], int(z["n"]), z["features"], key)
+
+
+def get_or_compute(cache_dir: str | Path, key: RefStatsKey, compute: Callable[[], FeatureStats]) -> tuple[RefStats, bool]:
+    """Cached statistics for ``key``, or ``compute()`` them and write the cache. Returns (stats, was_cached)."""
+    path = cache_path(cache_dir, key)
+    cached = load(path, key)
+    if cached is not None:
+        return cached, True
+    ref = RefStats.from_stats(compute(), key)
+    save(path, ref)
+    return ref, False
