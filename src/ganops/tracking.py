@@ -237,6 +237,38 @@ def _stage_params(params: Params, stage: str) -> dict[str, Any]:
     return {k: v for k, v in flatten(params).items() if k.split(".")[0] in sections or "." not in k}
 
 
+LOSS_CSV = "loss.csv"
+LOSS_COLUMNS = ("step", "kimg", "loss_G", "loss_D")
+
+
+def export_loss_csv(run_dir: str | Path) -> Path | None:
+    """Write ``<run_dir>/loss.csv`` (columns step, kimg, loss_G, loss_D) from the loss lines of ``stats.jsonl``.
+
+    DVC plots read CSV/JSON/YAML but not JSON Lines; this is the ``plots:`` file of ``dvc.yaml``. Lines without
+    ``loss_G`` (sample-interval and evaluation entries) are skipped. Returns None when ``stats.jsonl`` is absent.
+    """
+    import csv
+    import io
+    import json
+
+    from ganops.io import atomic_write
+
+    stats = Path(run_dir) / "stats.jsonl"
+    if not stats.is_file():
+        return None
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(LOSS_COLUMNS)
+    for line in stats.read_text().splitlines():
+        entry = json.loads(line) if line.strip() else {}
+        if "loss_G" in entry:
+            writer.writerow([entry.get(k, "") for k in LOSS_COLUMNS])
+    out = Path(run_dir) / LOSS_CSV
+    with atomic_write(out, "w") as f:
+        f.write(buf.getvalue())
+    return out
+
+
 def _log_stage_outputs(logger: MlflowLogger, params: Params, stage: str) -> None:
     """Attach the small, human-readable outputs of a stage to the run (never arrays or checkpoints)."""
     summary = Path(params.prepare.out_dir) / "summary.json"
@@ -248,7 +280,8 @@ def _log_stage_outputs(logger: MlflowLogger, params: Params, stage: str) -> None
     if stage in ("validate", "train") and report_dir.is_dir():
         files.extend((p, "data/validation") for p in sorted(report_dir.iterdir()) if p.is_file())
     if stage == "train":
-        files.extend((run_dir / n, "train") for n in ("training_options.json", "train.json"))
+        export_loss_csv(run_dir)
+        files.extend((run_dir / n, "train") for n in ("training_options.json", "train.json", LOSS_CSV))
         files.append((run_dir / "fakes-latest.png", "samples"))
     if stage == "evaluate":
         files.append((Path(params.evaluate.out), "metrics"))

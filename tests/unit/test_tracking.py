@@ -120,3 +120,15 @@ def test_changed_param_is_recorded_as_tag_not_error(project):
     run = _client().get_run(read_run_id(params.train.run_dir))
     assert run.data.params["evaluate.num_samples"] == "2000"
     assert run.data.tags["ganops.param_update.evaluate.num_samples"] == "50"
+
+
+def test_export_loss_csv_keeps_only_loss_lines(tmp_path):
+    from ganops.tracking import export_loss_csv
+
+    lines = [{"step": 1, "kimg": 0.064, "loss_G": 1.5, "loss_D": 0.7, "D_real": 0.1},
+             {"step": 1, "kimg": 0.064, "diversity_ratio": 0.9},
+             {"step": 2, "kimg": 0.128, "loss_G": 1.25, "loss_D": 0.5}]
+    (tmp_path / "stats.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = export_loss_csv(tmp_path)
+    assert out.read_text() == "step,kimg,loss_G,loss_D\n1,0.064,1.5,0.7\n2,0.128,1.25,0.5\n"
+    assert export_loss_csv(tmp_path / "missing") is None
