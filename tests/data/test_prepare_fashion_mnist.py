@@ -100,6 +100,19 @@ def test_d1_missing_files_message_gives_install_command_and_paths(tmp_path, monk
     assert not (tmp_path / "prepared").exists()
 
 
+def test_d1_cli_exits_nonzero_with_the_message(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ganops.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(f"prepare:\n  fashion_mnist_dir: {tmp_path / 'absent'}\n")
+    result = CliRunner().invoke(app, ["prepare", "--params", "params.yaml"])
+    assert result.exit_code == 1
+    assert "sudo apt-get install dataset-fashion-mnist" in result.output and str(tmp_path / "absent") in result.output
+    assert not (tmp_path / "data").exists()
+
+
 def test_d1_local_fallback_dir_is_used(tmp_path, monkeypatch):
     monkeypatch.setattr(fmnist, "SYSTEM_DIR", tmp_path / "nowhere")
     monkeypatch.chdir(tmp_path)

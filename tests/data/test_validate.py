@@ -35,6 +35,8 @@ def test_clean_data_passes_and_writes_report_and_data_docs(tmp_path, prepared):
     assert report["success"] and report["failed"] == [] and report["warnings"] == []
     on_disk = json.loads((tmp_path / "report/result.json").read_text())
     assert on_disk["success"] is True and on_disk["num_rows"] == 60
+    stats = on_disk["statistics"]
+    assert stats["evaluated_expectations"] == stats["successful_expectations"] == len(on_disk["expectations"]) > 20
     names = {o["name"] for o in on_disk["expectations"]}
     assert {"label_in_class_set", "min_train_rows", "class_balance", "unique_index_per_split"} <= names
     rows = {o["name"]: o for o in on_disk["expectations"]}
@@ -56,6 +58,7 @@ def test_d5_labels_outside_class_set_rows_and_balance_fail(tmp_path, prepared):
     assert {e["label"] for e in failed["label_in_class_set"]["examples"]} <= {5, 6, 7, 8, 9}
     report = json.loads((tmp_path / "report/result.json").read_text())
     assert report["success"] is False and set(report["failed"]) == set(failed)
+    assert report["statistics"]["failed_critical"] == 2
 
 
 def test_d5_class_imbalance_fails_naming_class(tmp_path):

@@ -94,6 +94,7 @@ def to_nchw(images: np.ndarray, *, resolution: int, channels: int) -> np.ndarray
     ``channels=3`` replicates the gray channel.
     """
     if images.shape[1:] != (resolution, resolution):
+        # ~0.1 ms per 28->32 Lanczos resize: 70k images take ~7 s (threads did not help on 2 cores).
         resized = [np.asarray(center_crop_resize(Image.fromarray(im), resolution)) for im in images]
         images = np.stack(resized) if resized else np.zeros((0, resolution, resolution), np.uint8)
     return np.ascontiguousarray(np.repeat(images[:, None], channels, axis=1))

@@ -190,7 +190,8 @@ def validate(cfg: ValidateConfig, *, prepared_dir: str | Path) -> dict:
     """Run the suite (see the module docstring) over ``prepared_dir`` and write the report.
 
     Returns:
-        The ``result.json`` content: ``success``, ``expectations`` (list of outcomes), ``failed`` (names),
+        The ``result.json`` content: ``success``, ``statistics`` (counts of evaluated / successful / failed
+        expectations), ``expectations`` (list of outcomes), ``failed`` (names),
         ``warnings`` (names of failed warning-severity expectations), ``duplicates``, ``skipped_files``,
         ``data_docs`` (path of the Data Docs ``index.html``).
 
@@ -217,6 +218,12 @@ def validate(cfg: ValidateConfig, *, prepared_dir: str | Path) -> dict:
         "dataset_sha256": summary.get("dataset_sha256"),
         "num_rows": int(len(metadata)),
         "classes": classes,
+        "statistics": {
+            "evaluated_expectations": len(outcomes),
+            "successful_expectations": sum(o["success"] for o in outcomes),
+            "failed_critical": len(failed),
+            "failed_warning": len(warned),
+        },
         "failed": [o["name"] for o in failed],
         "warnings": [o["name"] for o in warned],
         "expectations": outcomes,
