@@ -7,8 +7,9 @@ must decode as PNG or JPEG.
 Conversion, in this order (all via Pillow):
 
 1. EXIF orientation applied (``ImageOps.exif_transpose``).
-2. 16/32-bit gray (``I;16``, ``I``) scaled to 8 bits as ``round(v / 257)`` (Pillow's own ``convert("L")`` clips
-   instead of scaling); float gray (``F``) is clipped to 0..255.
+2. 16-bit gray (``I;16``) scaled to 8 bits as ``round(v / 257)`` (Pillow's own ``convert("L")`` clips instead of
+   scaling); 32-bit ``I`` likewise when its maximum exceeds 255 (else taken as already 8-bit); float gray (``F``)
+   is clipped to 0..255.
 3. Transparency (RGBA, LA, PA, palette or RGB with a transparent colour) is alpha-composited onto **white**.
 4. Colour conversion to ``L`` (ITU-R 601-2 luma) or ``RGB``; CMYK JPEGs go through Pillow's CMYK->RGB.
 5. Centre crop to a square (the shorter side), then Lanczos resize to ``resolution x resolution``.
@@ -161,8 +162,12 @@ def convert_image(im: Image.Image, *, resolution: int, channels: int) -> np.ndar
 
 
 def load_image(path: Path, rel: str, label: int, *, resolution: int, channels: int, max_image_pixels: int):
-    """Open, check and convert one file. Returns a :class:`FolderImage` or a :class:`BadImage` (never raises
-    for a bad file)."""
+    """Open, check and convert one file (``rel`` is its path relative to the folder, for reports).
+
+    Returns:
+        :class:`FolderImage` with uint8 (channels, resolution, resolution) pixels, or :class:`BadImage` with the
+        reason; a bad file never raises.
+    """
     try:
         with Image.open(path, formats=FORMATS) as im:  # parses the header only
             width, height = im.size

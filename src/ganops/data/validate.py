@@ -200,7 +200,7 @@ def validate(cfg: ValidateConfig, *, prepared_dir: str | Path) -> dict:
         DataValidationError: a critical expectation failed; the message names each one with example offending
             values/rows, and ``result.json`` is written first.
     """
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ["GX_ANALYTICS_ENABLED"] = "false"  # no usage statistics leave this machine
     prepared_dir = Path(prepared_dir)
     summary, metadata = load_summary(prepared_dir), load_metadata(prepared_dir)
     missing = [c for c in REQUIRED_COLUMNS if c not in metadata.columns]
