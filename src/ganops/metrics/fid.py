@@ -3,10 +3,11 @@
 FID (Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium", NeurIPS
 2017) = ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2).
 
-tr sqrt(S1 S2) is computed without a general matrix square root: S1^(1/2) S2 S1^(1/2) is symmetric PSD and
-similar to S1 S2, so tr sqrt(S1 S2) = sum_i sqrt(lambda_i(S1^(1/2) S2 S1^(1/2))). Two symmetric eigendecompositions
-(``eigh``) replace scipy's Schur-based ``sqrtm``: exact to float64 rounding, never complex, and tiny negative
-eigenvalues from rank-deficient covariances (n < d) are clamped to 0 instead of giving NaN.
+tr sqrt(S1 S2) is computed without a general matrix square root: for any F with F F^T = S1, F^T S2 F is
+symmetric PSD and similar to S1 S2, so tr sqrt(S1 S2) = sum_i sqrt(lambda_i(F^T S2 F)). F is the Cholesky factor
+when S1 is positive definite, else the symmetric square root from ``eigh``; the eigenvalues come from ``eigvalsh``.
+This replaces scipy's Schur-based ``sqrtm``: exact to float64 rounding, never complex, and eigenvalues at the
+rounding floor of rank-deficient covariances (n < d) are set to 0 instead of giving NaN or sqrt(noise).
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ def _sym_sqrt_psd(sigma: np.ndarray) -> np.ndarray:
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr sqrt(sigma1 @ sigma2) for symmetric PSD (d, d) float64 matrices, via two ``eigh`` calls.
+    """tr sqrt(sigma1 @ sigma2) for symmetric PSD (d, d) float64 matrices (Cholesky or eigh, then eigvalsh).
 
     Equal to ``np.trace(scipy.linalg.sqrtm(sigma1 @ sigma2)).real`` where sqrtm is accurate (to ~1e-10
     relative), and finite on singular inputs where sqrtm returns NaN/complex values.
     """
-    root1 = _sym_sqrt_psd(sigma1)
-    middle = root1 @ sigma2 @ root1
+    try:  # positive definite sigma1: S1 = L L^T and L^T S2 L is similar to S1 S2; Cholesky is ~10x cheaper than eigh
+        factor = np.linalg.cholesky((sigma1 + sigma1.T) / 2)
+    except np.linalg.LinAlgError:  # singular (n <= d samples): symmetric square root, clamped
+        factor = _sym_sqrt_psd(sigma1)
+    middle = factor.T @ sigma2 @ factor
     eigvals = np.linalg.eigvalsh((middle + middle.T) / 2)
     return float(np.sqrt(_clamp_eigvals(eigvals)).sum())
 
