@@ -130,6 +130,68 @@ def register(params: ParamsOpt = Path("params.yaml"), dry_run: DryRunOpt = False
 
 
 @app.command()
+def generate(
+    model_uri: Annotated[Optional[str], typer.Option("--model-uri", help="MLflow model URI, e.g. models:/NAME@champion")] = None,
+    snapshot: Annotated[Optional[Path], typer.Option("--snapshot", help="local network-snapshot.pt instead of a model URI")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="number of images")] = 64,
+    class_label: Annotated[Optional[int], typer.Option("--class", help="class of every image (conditional models)")] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    out: Annotated[Path, typer.Option("--out", help="grid image (.png/.jpg) or a folder for one PNG per image")] = Path("grid.png"),
+) -> None:
+    """Draw N images from a registered model or a snapshot and save them as a grid or a folder."""
+    if (model_uri is None) == (snapshot is None):
+        _fail("generate", ValueError("give exactly one of --model-uri models:/NAME@ALIAS or --snapshot PATH"))
+    from ganops.generate import generate as draw, save_images
+
+    try:
+        images = draw(model_uri or str(snapshot), num_images=n, seed=seed, class_label=class_label)
+        paths = save_images(images, out)
+    except (ValueError, FileNotFoundError) as err:
+        _fail("generate", err)
+    typer.echo(f"wrote {images.shape[0]} images of {images.shape[1]}x{images.shape[2]}x{images.shape[3]} to "
+               f"{out if len(paths) == 1 else out / '*.png'}")
+
+
+@app.command()
+def fid(
+    a: Annotated[str, typer.Argument(help="image folder, .npz of uint8 images or of statistics (mu, sigma), or models:/NAME@ALIAS")],
+    b: Annotated[str, typer.Argument(help="the other side, same kinds as A")],
+    protocol: Annotated[str, typer.Option("--protocol", help="legacy_tensorflow (NVIDIA/torch-fidelity) or clean (clean-fid)")] = None,
+    num_samples: Annotated[Optional[int], typer.Option("--num-samples", min=2, help="first N images per side (required for models:/)")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = None,
+    precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 feature extraction")] = None,
+    inception_path: Annotated[Optional[Path], typer.Option("--inception-path", help="NVIDIA inception-2015-12-05.pt")] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """FID and KID between two image sources, with the standard TF-Inception (2015-12-05) pool3 features."""
+    from ganops.metrics import defaults
+    from ganops.metrics.api import compare
+
+    try:
+        result = compare(
+            a, b,
+            protocol=protocol or defaults.PROTOCOL,
+            num_samples=num_samples,
+            batch_size=batch_size or defaults.BATCH_SIZE,
+            precision=precision or defaults.PRECISION,
+            inception_path=inception_path,
+            seed=defaults.SEED if seed is None else seed,
+        )
+    except Exception as err:  # noqa: BLE001
+        if _is_user_error(err) or isinstance(err, ValueError):
+            _fail("fid", err)
+        raise
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    kid = "n/a (a side is statistics only)" if result["kid_mean"] is None else \
+        f"{result['kid_mean']:.6f} +- {result['kid_std']:.6f}"
+    typer.echo(f"FID {result['fid']:.4f}  KID {kid}  (n_a={result['n_a']}, n_b={result['n_b']}, "
+               f"protocol {result['protocol']}, weights sha256 {result['weights_sha256'][:12]})")
+
+
+@app.command()
 def summary(params: ParamsOpt = Path("params.yaml")) -> None:
     """Print the last pipeline result: FID, KID, registered model version and alias, how to open the MLflow UI."""
     try:
