@@ -23,13 +23,14 @@ from typing import Any
 for _key, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DISABLE_TELEMETRY", "true")):
     os.environ.setdefault(_key, _value)
 
-from prefect import flow  # noqa: E402 - after the analytics opt-out above, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+# Imported after the analytics opt-out above.
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
 
-from ganops.config import Params, load_params
-from ganops.tracking import ENV_RUN_ID, configure_mlflow, tracking_uri
+from ganops.config import Params, load_params  # noqa: E402
+from ganops.tracking import ENV_RUN_ID, configure_mlflow, tracking_uri  # noqa: E402
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "validate", "train", "evaluate", "register")
