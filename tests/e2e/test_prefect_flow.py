@@ -73,3 +73,22 @@ def test_flow_rejects_unknown_stage_and_foreign_params(tiny_project, tmp_path):
         pipeline.ganops_pipeline.fn(project_dir=str(tiny_project), stages=("prepare", "deploy"))
     with pytest.raises(ValueError, match="DVC stages read"):
         pipeline.ganops_pipeline.fn(params_path=str(tmp_path / "other.yaml"), project_dir=str(tiny_project))
+
+
+def test_failed_stage_fails_flow_and_marks_mlflow_run_failed(tiny_project, prefect_harness, monkeypatch):
+    import yaml
+
+    for key in ("MLFLOW_TRACKING_URI", "GANOPS_MLFLOW_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["prepare"]["fashion_mnist_dir"] = str(tiny_project / "no-such-dir")
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    pipeline = _load_flow_module(tiny_project)
+
+    with pytest.raises(pipeline.StageFailed, match="stage 'prepare' failed") as info:
+        pipeline.ganops_pipeline(project_dir=str(tiny_project))
+    assert not info.value.transient  # a missing dataset is not retried
+    client = tracking_client(tiny_project)
+    (run_,) = client.search_runs([client.get_experiment_by_name("ganops-e2e").experiment_id])
+    assert run_.info.status == "FAILED" and run_.data.tags["ganops.status.prepare"] == "failed"
+    assert not (tiny_project / "reports" / "registration.json").exists()
