@@ -173,10 +173,22 @@ def _model_card(model_name: str, meta: dict[str, Any], ev: dict[str, Any], tags:
     kind = f"conditional on {meta['num_classes']} classes" if int(meta.get("num_classes", 0) or 0) else "unconditional"
     return (f"{model_name}: {tags['arch']} GAN generator (G_ema), {kind}, {tags['loss']} loss, "
             f"{meta['resolution']}x{meta['resolution']}x{meta['channels']} uint8 images, trained {meta.get('kimg')} kimg.\n"
-            f"FID {float(ev['fid']):.3f}, KID {tags['kid']} ({tags['protocol']}, {tags['num_samples']} samples vs "
+            f"FID {float(ev['fid']):.3f}, KID {float(tags['kid']):.5f} ({tags['protocol']}, {tags['num_samples']} samples vs "
             f"the prepared test split, dataset sha256 {tags['dataset_sha256'][:12]}).\n"
             "Input: DataFrame num_images, seed[, class_label]; output: uint8 (N, H, W, C).\n"
             f"Snapshot sha256 {tags['snapshot_sha256']}.")
+
+
+def _dataset_sha256(ev: dict[str, Any], train_summary: dict[str, Any], options: dict[str, Any]) -> str | None:
+    """Content hash of the prepared data G was trained on: recorded directly, else from its ``summary.json``."""
+    for src in (ev, train_summary, options):
+        if src.get("dataset_sha256"):
+            return str(src["dataset_sha256"])
+    if not options.get("prepared_dir"):
+        return None
+    summary = Path(str(options["prepared_dir"])) / "summary.json"
+    sha = read_json(summary).get("dataset_sha256") if summary.is_file() else None
+    return str(sha) if sha else None
 
 
 @contextlib.contextmanager
@@ -266,8 +278,8 @@ def _log_and_register(cfg: RegisterConfig, client: Any, run_id: str, run_dir: Pa
     _, meta = load_generator(snapshot, device="cpu")
     options = _optional_json(run_dir / "training_options.json")
     train_summary = _optional_json(run_dir / "train.json")
-    dataset_sha = (ev.get("dataset_sha256") or train_summary.get("dataset_sha256") or options.get("dataset_sha256")
-                   or client.get_run(run_id).data.params.get("dataset_sha256") or "unknown")
+    dataset_sha = _dataset_sha256(ev, train_summary, options) or client.get_run(run_id).data.params.get(
+        "dataset_sha256", "unknown")
     tags = {
         "fid": repr(float(ev["fid"])), "kid": repr(float(ev.get("kid_mean", float("nan")))),
         "protocol": str(ev.get("protocol", "unknown")), "num_samples": str(ev.get("num_generated", "unknown")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import math
 
 import numpy as np
@@ -28,7 +29,9 @@ def _write_snapshot(run_dir, torch_seed: int) -> str:
     meta = {"arch": "dcgan", "G_kwargs": G_KWARGS, "kimg": 0.5, "step": 8, **{k: G_KWARGS[k] for k in
             ("z_dim", "resolution", "channels", "num_classes")}}
     save_snapshot(run_dir / "network-snapshot.pt", G, meta)
-    write_json(run_dir / "training_options.json", {"arch": "dcgan", "loss": "hinge"})
+    write_json(run_dir / "prepared" / "summary.json", {"dataset_sha256": "d" * 64})
+    write_json(run_dir / "training_options.json", {"arch": "dcgan", "loss": "hinge",
+                                                   "prepared_dir": str(run_dir / "prepared")})
     return sha256_file(run_dir / "network-snapshot.pt")
 
 
@@ -38,9 +41,10 @@ def _write_eval(path, fid: float, snapshot_sha: str, protocol: str = "legacy_ten
 
 
 @pytest.fixture()
-def project(tmp_path, monkeypatch):
+def project(tmp_path, monkeypatch, migrated_mlflow_db):
     """cwd = tmp project with its own MLflow store; a training run recorded in runs/train/mlflow_run.json."""
     monkeypatch.chdir(tmp_path)
+    shutil.copy(migrated_mlflow_db, tmp_path / "mlflow.db")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv(ENV_RUN_ID, raising=False)
     client, exp_id = configure_mlflow("unit")
@@ -118,6 +122,7 @@ def test_register_idempotent_champion_challenger_and_pyfunc_output(project, tmp_
     mv = client.get_model_version(MODEL, "1")
     assert mv.tags["snapshot_sha256"] == sha1 and float(mv.tags["fid"]) == 20.0
     assert mv.tags["arch"] == "dcgan" and mv.tags["loss"] == "hinge" and mv.tags["protocol"] == "legacy_tensorflow"
+    assert mv.tags["dataset_sha256"] == "d" * 64  # from the prepared data named in training_options.json
     assert "FID 20.000" in mv.description
 
     # Same snapshot again: the existing version comes back, nothing new is registered.

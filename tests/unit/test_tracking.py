@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import math
 
 import pytest
@@ -12,9 +13,10 @@ from ganops.tracking import ENV_RUN_ID, RUN_ID_FILE, NullLogger, read_run_id, st
 
 
 @pytest.fixture()
-def project(tmp_path, monkeypatch):
+def project(tmp_path, monkeypatch, migrated_mlflow_db):
     """An empty project root as cwd with its own SQLite store; params pointing inside it."""
     monkeypatch.chdir(tmp_path)
+    shutil.copy(migrated_mlflow_db, tmp_path / "mlflow.db")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv(ENV_RUN_ID, raising=False)
     params = Params.model_validate({"experiment": "unit", "train": {"run_dir": "runs/train"}})
@@ -39,10 +41,10 @@ def test_tracking_uri_defaults_to_sqlite_in_cwd_and_honours_env(tmp_path, monkey
 
 
 def test_prepare_without_pipeline_run_logs_nowhere(project):
-    root, params = project
+    _, params = project
     with stage_logger(params, "prepare") as logger:
         assert isinstance(logger, NullLogger)
-    assert not (root / "mlflow.db").exists()
+    assert _client().get_experiment_by_name(params.experiment) is None  # no experiment, no run created
 
 
 def test_unknown_stage_lists_valid_ones(project):
