@@ -3,8 +3,11 @@
 It reads the prepared train split, trains G and D, and writes the run directory (the contract other stages read):
 
     training_options.json     resolved config + derived values (device, resolution, G_kwargs, ...)
-    stats.jsonl               one JSON object per logged step (losses, D logits, grad norms, timing), plus one per
-                              sample interval (mode-collapse ratio) and per evaluation (metric_fn results)
+    stats.jsonl               one JSON object per logged step: step, kimg, loss_G, loss_D, D_real / D_fake (mean
+                              raw D logit on the real / fake batch, i.e. D(x) and D(G(z)) before any sigmoid),
+                              grad_norm_D, grad_norm_G (L2 over all parameters), gp / r1 when active, sec_per_step,
+                              images_per_s; plus one line per sample interval (diversity_ratio, the mode-collapse
+                              signal) and one per evaluation (metric/<name> from metric_fn)
     fakes{kimg:06d}.png       G_ema samples from fixed z every sample_every_kimg (one row per class if conditional)
     fakes-latest.png          the newest grid
     training-state.pt         G, D, G_ema, optimizers, grad scaler, step, nimg, best FID, augmentation policy,
