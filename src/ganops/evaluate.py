@@ -20,7 +20,6 @@ from ganops.io import sha256_file, write_json
 from ganops.metrics import ref_stats
 from ganops.metrics.fid import FeatureStats, frechet_distance
 from ganops.metrics.inception import FeatureExtractor, load_feature_extractor
-from ganops.metrics.inception_net import FEATURE_DIM
 from ganops.metrics.kid import kernel_inception_distance
 from ganops.metrics.preprocess import quantize_to_uint8
 from ganops.tracking import Logger, NullLogger
@@ -47,7 +46,7 @@ def real_reference(extractor: FeatureExtractor, cfg: EvaluateConfig, prepared_di
                                 split, n, cfg.precision)
 
     def compute() -> FeatureStats:
-        stats = FeatureStats(FEATURE_DIM, max_kept=n)
+        stats = FeatureStats(max_kept=n)
         for i in range(0, n, cfg.batch_size):
             stats.append(extractor.features(images[i:min(i + cfg.batch_size, n)], cfg.protocol, cfg.batch_size))
         return stats
@@ -61,7 +60,7 @@ def generated_stats(G: torch.nn.Module, extractor: FeatureExtractor, cfg: Evalua
     """Streaming statistics of ``cfg.num_samples`` G samples (features kept for KID)."""
     from ganops.training.sampling import iter_samples
 
-    stats = FeatureStats(FEATURE_DIM, max_kept=cfg.num_samples)
+    stats = FeatureStats(max_kept=cfg.num_samples)
     for batch in iter_samples(G, cfg.num_samples, seed=seed, batch_size=cfg.batch_size):
         stats.append(extractor.features(quantize_to_uint8(batch), cfg.protocol, cfg.batch_size))
     return stats

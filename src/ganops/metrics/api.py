@@ -20,7 +20,6 @@ from PIL import Image
 from ganops.metrics import defaults
 from ganops.metrics.fid import FeatureStats, frechet_distance
 from ganops.metrics.inception import FeatureExtractor, load_feature_extractor
-from ganops.metrics.inception_net import FEATURE_DIM
 from ganops.metrics.kid import kernel_inception_distance
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -103,7 +102,7 @@ def _side(source: str, extractor: FeatureExtractor, *, protocol: str, num_sample
         return _Side(n=-1, mu=mu, sigma=sigma, features=None)
     if loaded.shape[0] < 2:
         raise ValueError(f"{source}: {loaded.shape[0]} image(s); FID/KID need at least 2")
-    stats = FeatureStats(FEATURE_DIM, max_kept=defaults.MAX_KEPT_FEATURES)
+    stats = FeatureStats(max_kept=defaults.MAX_KEPT_FEATURES)
     for i in range(0, loaded.shape[0], batch_size):
         stats.append(extractor.features(loaded[i:i + batch_size], protocol, batch_size))
     return _Side(stats.n, stats.mean, stats.cov, stats.kept_features)

@@ -79,23 +79,28 @@ class FeatureStats:
     precision/recall, which need samples rather than moments.
     """
 
-    def __init__(self, dim: int, *, max_kept: int = 0) -> None:
+    def __init__(self, dim: int | None = None, *, max_kept: int = 0) -> None:
+        """dim: feature dimension d (None = taken from the first batch); max_kept: raw rows to keep."""
         self.dim, self.max_kept, self.n = dim, max_kept, 0
         self._shift: np.ndarray | None = None
-        self._sum = np.zeros(dim, dtype=np.float64)
-        self._sum_outer = np.zeros((dim, dim), dtype=np.float64)
+        self._sum: np.ndarray | None = None
+        self._sum_outer: np.ndarray | None = None
         self._kept: list[np.ndarray] = []
         self._num_kept = 0
 
     def append(self, features: np.ndarray) -> None:
         """Add a (B, d) batch. Raises ValueError on a wrong shape or NaN/inf features."""
         x = np.asarray(features, dtype=np.float64)
+        if self.dim is None and x.ndim == 2:
+            self.dim = x.shape[1]
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"features must have shape (B, {self.dim}), got {x.shape}")
         if not np.isfinite(x).all():
             raise ValueError("features contain NaN or inf (broken input images or network); no metric computed")
         if self._shift is None:
             self._shift = x.mean(axis=0)
+            self._sum = np.zeros(self.dim, dtype=np.float64)
+            self._sum_outer = np.zeros((self.dim, self.dim), dtype=np.float64)
         centred = x - self._shift
         self._sum += centred.sum(axis=0)
         self._sum_outer += centred.T @ centred
@@ -126,13 +131,13 @@ class FeatureStats:
     def kept_features(self) -> np.ndarray:
         """(min(n, max_kept), d) float32 raw features in arrival order."""
         if not self._kept:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, self.dim or 0), dtype=np.float32)
         return np.concatenate(self._kept)
 
 
 def stats_from_features(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, d) features -> (mu (d,), sigma (d, d)), float64, ddof=1. Raises ValueError when N < 2 or non-finite."""
-    stats = FeatureStats(np.asarray(features).shape[-1])
+    stats = FeatureStats()
     stats.append(features)
     return stats.mean, stats.cov
 

@@ -16,7 +16,6 @@ import torch
 from ganops.metrics import defaults
 from ganops.metrics.fid import FeatureStats, frechet_distance
 from ganops.metrics.inception import FeatureExtractor
-from ganops.metrics.inception_net import FEATURE_DIM
 from ganops.metrics.kid import kernel_inception_distance
 from ganops.metrics.prdc import density_coverage, inception_score, precision_recall
 from ganops.metrics.preprocess import quantize_to_uint8
@@ -47,7 +46,7 @@ class MetricContext:
         """Streaming statistics of ``num`` generated samples (memoised per (num, max_kept) within the context)."""
         key = ("fake", num, max_kept)
         if key not in self.cache:
-            stats = FeatureStats(FEATURE_DIM, max_kept=max_kept)
+            stats = FeatureStats(max_kept=max_kept)
             for batch in self.generate(num, self.seed):
                 stats.append(self.extractor.features(quantize_to_uint8(batch), self.protocol, self.batch_size))
             self.cache[key] = stats

@@ -1,0 +1,202 @@
+"""evaluate stage, reference-stat cache, metric registry and the compare() API.
+
+Only test_evaluate_* runs the real Inception network (4 + 4 images); the rest use a cheap deterministic stand-in
+extractor so they test the plumbing (sources, layouts, caching, keys) in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganops.config import EvaluateConfig
+from ganops.metrics import ref_stats
+from ganops.metrics.api import compare
+from ganops.metrics.fid import FeatureStats, fid_from_features
+from ganops.metrics.registry import MetricContext, compute_metric, get_metric, list_metrics
+
+
+class FakeExtractor:
+    """Deterministic 16-d 'features' of uint8 (N, C, H, W) images: a fixed projection of the channel mean
+    (16-d keeps the covariance algebra in microseconds; the statistics code takes d from the data)."""
+
+    weights_sha256 = "f" * 64
+    has_classifier = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def features(self, images, protocol="legacy_tensorflow", batch_size=64):
+        self.calls += 1
+        x = torch.as_tensor(images).float().mean(dim=1).flatten(1)  # (N, H*W)
+        proj = torch.randn(x.shape[1], 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        return (x.double() / 255) @ proj
+
+
+def _imgs(n: int, seed: int, c: int = 1) -> np.ndarray:
+    return np.random.RandomState(seed).randint(0, 256, (n, c, 8, 8)).astype(np.uint8)
+
+
+# ---- compare(): sources and layouts -------------------------------------------------------------------------------
+
+def test_compare_npz_layouts_stats_and_folder_agree(tmp_path):
+    ex = FakeExtractor()
+    a, b = _imgs(30, 0), _imgs(30, 1)
+    np.savez(tmp_path / "a.npz", images=a)
+    np.savez(tmp_path / "b_nhwc.npz", images=b.transpose(0, 2, 3, 1))
+    raw = compare(str(tmp_path / "a.npz"), str(tmp_path / "b_nhwc.npz"), extractor=ex, kid_subset_size=10)
+    fa, fb = ex.features(a).numpy(), ex.features(b).numpy()
+    assert raw["fid"] == pytest.approx(fid_from_features(fa, fb), rel=1e-9)
+    assert (raw["n_a"], raw["n_b"], raw["protocol"], raw["weights_sha256"]) == (30, 30, "legacy_tensorflow", "f" * 64)
+    assert raw["kid_mean"] is not None and raw["kid_std"] is not None
+
+    stats = FeatureStats()
+    stats.append(fb)
+    np.savez(tmp_path / "b_stats.npz", mu=stats.mean, sigma=stats.cov)
+    cached = compare(str(tmp_path / "a.npz"), str(tmp_path / "b_stats.npz"), extractor=ex)
+    assert cached["fid"] == pytest.approx(raw["fid"], rel=1e-9)  # cached-stats path == raw path
+    assert cached["kid_mean"] is None and cached["n_b"] is None
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(b):
+        Image.fromarray(img[0]).save(folder / f"{i:03d}.png")
+    from_folder = compare(str(tmp_path / "a.npz"), str(folder), extractor=ex, kid_subset_size=10)
+    assert from_folder["fid"] == pytest.approx(raw["fid"], rel=1e-9)
+
+
+def test_compare_models_uri_uses_pyfunc_predict(monkeypatch, tmp_path):
+    import mlflow.pyfunc
+
+    seen = {}
+
+    class FakeModel:
+        def predict(self, df):
+            seen["df"] = df
+            n, seed = int(df["num_images"][0]), int(df["seed"][0])
+            return np.random.RandomState(seed).randint(0, 256, (n, 8, 8, 1)).astype(np.uint8)  # N x H x W x C
+
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", lambda uri: seen.setdefault("uri", uri) and FakeModel())
+    np.savez(tmp_path / "a.npz", images=_imgs(12, 3))
+    out = compare(str(tmp_path / "a.npz"), "models:/gan@champion", num_samples=12, seed=5,
+                  extractor=FakeExtractor(), kid_subset_size=6)
+    assert seen["uri"] == "models:/gan@champion" and list(seen["df"].columns) == ["num_images", "seed"]
+    expected = np.random.RandomState(5).randint(0, 256, (12, 8, 8, 1)).astype(np.uint8).transpose(0, 3, 1, 2)
+    ex = FakeExtractor()
+    assert out["fid"] == pytest.approx(fid_from_features(ex.features(_imgs(12, 3)).numpy(),
+                                                         ex.features(expected).numpy()), rel=1e-9)
+
+
+def test_compare_bad_sources_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder or file"):
+        compare(str(tmp_path / "missing"), str(tmp_path / "missing"), extractor=FakeExtractor())
+    np.savez(tmp_path / "x.npz", foo=np.zeros(3))
+    with pytest.raises(ValueError, match="'images' or 'mu' and 'sigma'"):
+        compare(str(tmp_path / "x.npz"), str(tmp_path / "x.npz"), extractor=FakeExtractor())
+    np.savez(tmp_path / "one.npz", images=_imgs(1, 0))
+    with pytest.raises(ValueError, match="at least 2"):
+        compare(str(tmp_path / "one.npz"), str(tmp_path / "one.npz"), extractor=FakeExtractor())
+
+
+# ---- reference-stat cache and registry ----------------------------------------------------------------------------
+
+def test_ref_stats_reused_only_for_matching_key(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        s = FeatureStats(4, max_kept=10)
+        s.append(np.random.RandomState(len(calls)).rand(10, 4))
+        return s
+
+    key = ref_stats.RefStatsKey("legacy_tensorflow", "a" * 64, "d" * 64, "test", 10, "fp32")
+    first, cached1 = ref_stats.get_or_compute(tmp_path, key, compute)
+    again, cached2 = ref_stats.get_or_compute(tmp_path, key, compute)
+    assert (cached1, cached2, len(calls)) == (False, True, 1)
+    np.testing.assert_array_equal(first.sigma, again.sigma)
+    assert again.features.shape == (10, 4)
+    other = ref_stats.RefStatsKey("legacy_tensorflow", "b" * 64, "d" * 64, "test", 10, "fp32")
+    _, cached3 = ref_stats.get_or_compute(tmp_path, other, compute)
+    assert not cached3 and len(calls) == 2
+    # A file whose stored key disagrees (renamed/copied by hand) is never used.
+    path = ref_stats.cache_path(tmp_path, key)
+    ref_stats.save(path, ref_stats.RefStats(first.mu, first.sigma, 10, first.features, other))
+    assert ref_stats.load(path, key) is None
+
+
+def test_registry_unknown_name_lists_valid_ones():
+    assert {"fid2k_test", "fid10k_test", "kid2k_test", "pr2k_test", "is2k"} <= set(list_metrics())
+    with pytest.raises(ValueError, match="valid metrics: .*fid2k_test"):
+        get_metric("fid3k")
+
+
+def test_registry_fid_uses_generated_and_reference_stats():
+    ex = FakeExtractor()
+    real = FeatureStats(max_kept=2000)
+    real.append(ex.features(_imgs(40, 7)).numpy())
+
+    def generate(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        for start in range(0, n, 500):
+            yield torch.rand(min(500, n - start), 1, 8, 8, generator=g) * 2 - 1
+
+    ctx = MetricContext(extractor=ex, generate=generate,
+                        real_stats=lambda split, n, kept: ref_stats.RefStats.from_stats(real, None))
+    out = compute_metric("fid2k_test", ctx)
+    assert out["num_generated"] == 2000 and out["num_real"] == 40 and out["fid"] > 0
+    assert out["weights_sha256"] == "f" * 64 and out["metric"] == "fid2k_test"
+
+
+# ---- evaluate stage (real network, tiny) --------------------------------------------------------------------------
+
+@pytest.fixture
+def run_and_data(tmp_path):
+    from ganops.models import build_G
+    from ganops.training.snapshot import save_snapshot
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    for split, n in (("train", 8), ("test", 6)):
+        images = np.random.RandomState(n).randint(0, 256, (n, 1, 28, 28)).astype(np.uint8)
+        np.savez(prepared / f"{split}.npz", images=images, labels=np.zeros(n, dtype=np.int64))
+    (prepared / "summary.json").write_text(json.dumps({"dataset_sha256": "e" * 64, "counts": {"train": 8, "test": 6}}))
+    G_kwargs = dict(z_dim=8, ngf=8, resolution=28, channels=1, num_classes=0)
+    torch.manual_seed(0)
+    G = build_G("dcgan", **G_kwargs).eval()
+    run_dir = tmp_path / "run"
+    save_snapshot(run_dir / "network-snapshot.pt", G, dict(arch="dcgan", G_kwargs=G_kwargs, **G_kwargs, kimg=1.5,
+                                                           step=10))
+    return run_dir, prepared
+
+
+def test_evaluate_writes_eval_json_and_reuses_reference_cache(run_and_data, tmp_path):
+    from ganops.evaluate import evaluate
+    from ganops.io import sha256_file
+
+    run_dir, prepared = run_and_data
+    cfg = EvaluateConfig(num_samples=4, batch_size=4, kid_subsets=5, kid_subset_size=1000,
+                         ref_stats_dir=str(tmp_path / "cache"), out=str(tmp_path / "metrics" / "eval.json"))
+    with pytest.warns(UserWarning, match="clamping"):
+        first = evaluate(cfg, run_dir=run_dir, prepared_dir=prepared, seed=3)
+    written = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    for key in ("fid", "kid_mean", "kid_std", "num_generated", "num_real", "protocol", "weights_sha256",
+                "snapshot_sha256", "kimg"):
+        assert key in written, key
+    assert written["num_generated"] == 4 and written["num_real"] == 4 and written["kimg"] == 1.5
+    assert written["snapshot_sha256"] == sha256_file(run_dir / "network-snapshot.pt")
+    assert np.isfinite(written["fid"]) and written["fid"] > 0
+    assert len(list((tmp_path / "cache").glob("test-4-legacy_tensorflow-*.npz"))) == 1
+    with pytest.warns(UserWarning, match="clamping"):
+        second = evaluate(cfg, run_dir=run_dir, prepared_dir=prepared, seed=3)
+    assert second["fid"] == first["fid"] and second["kid_mean"] == first["kid_mean"]  # deterministic, cache reused
+
+
+def test_evaluate_without_snapshot_says_what_to_run(tmp_path):
+    from ganops.evaluate import evaluate
+
+    with pytest.raises(FileNotFoundError, match="ganops train"):
+        evaluate(EvaluateConfig(), run_dir=tmp_path, prepared_dir=tmp_path, seed=0)
