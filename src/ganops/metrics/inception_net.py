@@ -64,8 +64,40 @@ class Tower(nn.Sequential):
         for i, layer in enumerate(layers):
             self.add_module("conv" if i == 0 else f"conv_{i}", layer)
 
+    def after_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply every layer but the first (whose output ``x`` is, when stems are merged)."""
+        for layer in list(self)[1:]:
+            x = layer(x)
+        return x
 
-class InceptionA(nn.Module):  # 35x35: mixed, mixed_1, mixed_2
+
+class _Block(nn.Module):
+    """A block whose branches start with 1x1 convs of the same input ("stems"); ``merge_stems`` runs them as one
+    conv with concatenated output channels (one pass over x, a larger GEMM) after batch norm is folded."""
+
+    stem_names: tuple[str, ...] = ()
+
+    def _stem(self, name: str) -> ConvBN:
+        return self.get_submodule(name)
+
+    @torch.no_grad()
+    def merge_stems(self) -> None:
+        stems = [self._stem(n) for n in self.stem_names]
+        if any(c.fused_bias is None for c in stems):
+            raise RuntimeError("merge_stems needs folded batch norm; call fuse() first")
+        self.register_buffer("stem_weight", torch.cat([c.weight for c in stems]), persistent=False)
+        self.register_buffer("stem_bias", torch.cat([c.fused_bias for c in stems]), persistent=False)
+        self.stem_sizes = [c.weight.shape[0] for c in stems]
+
+    def stems(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if getattr(self, "stem_weight", None) is not None:
+            return list(F.relu(F.conv2d(x, self.stem_weight, self.stem_bias)).split(self.stem_sizes, 1))
+        return [self._stem(n)(x) for n in self.stem_names]
+
+
+class InceptionA(_Block):  # 35x35: mixed, mixed_1, mixed_2
+    stem_names = ("conv", "tower.conv", "tower_1.conv")
+
     def __init__(self, in_ch: int, pool_ch: int) -> None:
         super().__init__()
         self.conv = ConvBN(in_ch, 64, 1)
@@ -74,7 +106,8 @@ class InceptionA(nn.Module):  # 35x35: mixed, mixed_1, mixed_2
         self.tower_2 = Tower(ConvBN(in_ch, pool_ch, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.conv(x), self.tower(x), self.tower_1(x), self.tower_2(_avg3(x))], 1)
+        c, t, t1 = self.stems(x)
+        return torch.cat([c, self.tower.after_stem(t), self.tower_1.after_stem(t1), self.tower_2(_avg3(x))], 1)
 
 
 class InceptionB(nn.Module):  # 35 -> 17: mixed_3
@@ -87,7 +120,9 @@ class InceptionB(nn.Module):  # 35 -> 17: mixed_3
         return torch.cat([self.conv(x), self.tower(x), F.max_pool2d(x, 3, stride=2)], 1)
 
 
-class InceptionC(nn.Module):  # 17x17 with factorised 7x7: mixed_4 .. mixed_7
+class InceptionC(_Block):  # 17x17 with factorised 7x7: mixed_4 .. mixed_7
+    stem_names = ("conv", "tower.conv", "tower_1.conv")
+
     def __init__(self, in_ch: int, c7: int) -> None:
         super().__init__()
         self.conv = ConvBN(in_ch, 192, 1)
@@ -99,10 +134,13 @@ class InceptionC(nn.Module):  # 17x17 with factorised 7x7: mixed_4 .. mixed_7
         self.tower_2 = Tower(ConvBN(in_ch, 192, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.conv(x), self.tower(x), self.tower_1(x), self.tower_2(_avg3(x))], 1)
+        c, t, t1 = self.stems(x)
+        return torch.cat([c, self.tower.after_stem(t), self.tower_1.after_stem(t1), self.tower_2(_avg3(x))], 1)
 
 
-class InceptionD(nn.Module):  # 17 -> 8: mixed_8
+class InceptionD(_Block):  # 17 -> 8: mixed_8
+    stem_names = ("tower.conv", "tower_1.conv")
+
     def __init__(self, in_ch: int) -> None:
         super().__init__()
         self.tower = Tower(ConvBN(in_ch, 192, 1), ConvBN(192, 320, 3, stride=2))
@@ -110,10 +148,13 @@ class InceptionD(nn.Module):  # 17 -> 8: mixed_8
                              ConvBN(192, 192, (7, 1), padding=(3, 0)), ConvBN(192, 192, 3, stride=2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.tower(x), self.tower_1(x), F.max_pool2d(x, 3, stride=2)], 1)
+        t, t1 = self.stems(x)
+        return torch.cat([self.tower.after_stem(t), self.tower_1.after_stem(t1), F.max_pool2d(x, 3, stride=2)], 1)
 
 
-class InceptionE(nn.Module):  # 8x8: mixed_9 (avg pool branch), mixed_10 (max pool branch, the FID quirk)
+class InceptionE(_Block):  # 8x8: mixed_9 (avg pool branch), mixed_10 (max pool branch, the FID quirk)
+    stem_names = ("conv", "tower_conv", "tower_1_conv")
+
     def __init__(self, in_ch: int, max_pool: bool) -> None:
         super().__init__()
         self.max_pool = max_pool
@@ -128,10 +169,10 @@ class InceptionE(nn.Module):  # 8x8: mixed_9 (avg pool branch), mixed_10 (max po
         self.tower_2_conv = ConvBN(in_ch, 192, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.tower_conv(x)
-        b = self.tower_1_conv_1(self.tower_1_conv(x))
+        c, a, b = self.stems(x)
+        b = self.tower_1_conv_1(b)
         pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg3(x)
-        return torch.cat([self.conv(x), self.tower_mixed_conv(a), self.tower_mixed_conv_1(a),
+        return torch.cat([c, self.tower_mixed_conv(a), self.tower_mixed_conv_1(a),
                           self.tower_1_mixed_conv(b), self.tower_1_mixed_conv_1(b), self.tower_2_conv(pooled)], 1)
 
 
@@ -188,9 +229,13 @@ class FIDInceptionV3(nn.Module):
         return features @ self.output_weight.t().to(features.dtype)
 
     def fuse(self) -> "FIDInceptionV3":
+        """Inference form: fold batch norm into convs, then merge each block's parallel 1x1 stems."""
         for m in self.modules():
             if isinstance(m, ConvBN):
                 m.fuse()
+        for m in self.modules():
+            if isinstance(m, _Block):
+                m.merge_stems()
         return self
 
 
