@@ -7,8 +7,9 @@ Sections:
 - features: img/s of the TorchScript file run as is (fp32, the naive baseline) vs the eager fast path (folded BN,
   channels_last) in fp32 and bf16 autocast, interleaved on the same random uint8 images; max |feature diff|.
 - sqrt: tr sqrt(S1 S2) for d=2048 covariances, scipy.linalg.sqrtm vs ganops' eigh route: seconds, relative diff.
-- memory: peak RSS (MiB) of streaming statistics over N generated 28x28 images at two N (subprocesses), with the
-  Inception forward replaced by a cheap fixed projection (the network's activations are per batch, not per N).
+- memory: peak RSS (MiB) of the evaluate data path (quantize, resize to 299, streaming statistics, KID rows capped
+  at 10k) over N generated 28x28 images at two N (subprocesses); the Inception forward is replaced by a cheap
+  fixed projection (the network's activations are per batch, not per N).
 - fmnist: FID of Fashion-MNIST train[:N] vs test[:N] per protocol with the fast path (fp32, and bf16 with --bf16).
 """
 
@@ -75,11 +76,12 @@ def bench_sqrt(d: int) -> dict:
 
 
 def _memory_child(n: int) -> None:
+    from ganops.metrics import defaults
     from ganops.metrics.fid import FeatureStats
     from ganops.metrics.preprocess import quantize_to_uint8, to_inception_input
 
     proj = torch.randn(3, 2048, generator=torch.Generator().manual_seed(0))
-    stats = FeatureStats(2048)
+    stats = FeatureStats(2048, max_kept=defaults.MAX_KEPT_FEATURES)  # as evaluate: KID rows capped
     g = torch.Generator().manual_seed(1)
     for start in range(0, n, 250):
         fake = torch.rand(min(250, n - start), 1, 28, 28, generator=g) * 2 - 1  # stands in for G's output
@@ -131,7 +133,7 @@ def main() -> None:
     p.add_argument("--sqrt", action="store_true")
     p.add_argument("--sqrt-dim", type=int, default=2048)
     p.add_argument("--memory", action="store_true")
-    p.add_argument("--memory-ns", default="5000,50000")
+    p.add_argument("--memory-ns", default="12000,50000", help="two N above the 10k KID cap")
     p.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--fmnist", type=int, default=0, help="FID of Fashion-MNIST train[:N] vs test[:N]")
     p.add_argument("--protocols", default="legacy_tensorflow,clean")

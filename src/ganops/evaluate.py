@@ -3,6 +3,9 @@
 Samples G_ema with ``iter_samples`` (seeded), quantizes them to uint8 the NVIDIA way, and compares Inception pool3
 features with those of the first ``min(num_samples, N_test)`` test images. Reference statistics are cached under
 ``cfg.ref_stats_dir`` keyed by protocol, weights sha256, dataset hash, split, count and precision.
+
+FID statistics stream (memory O(2048^2), flat in num_samples); KID uses the first
+``ganops.metrics.defaults.MAX_KEPT_FEATURES`` (10k) feature rows of each side, which bounds memory at 50k samples.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 
 from ganops.config import EvaluateConfig
 from ganops.io import sha256_file, write_json
-from ganops.metrics import ref_stats
+from ganops.metrics import defaults, ref_stats
 from ganops.metrics.fid import FeatureStats, frechet_distance
 from ganops.metrics.inception import FeatureExtractor, load_feature_extractor
 from ganops.metrics.kid import kernel_inception_distance
@@ -46,7 +49,7 @@ def real_reference(extractor: FeatureExtractor, cfg: EvaluateConfig, prepared_di
                                 split, n, cfg.precision)
 
     def compute() -> FeatureStats:
-        stats = FeatureStats(max_kept=n)
+        stats = FeatureStats(max_kept=min(n, defaults.MAX_KEPT_FEATURES))
         for i in range(0, n, cfg.batch_size):
             stats.append(extractor.features(images[i:min(i + cfg.batch_size, n)], cfg.protocol, cfg.batch_size))
         return stats
@@ -60,7 +63,7 @@ def generated_stats(G: torch.nn.Module, extractor: FeatureExtractor, cfg: Evalua
     """Streaming statistics of ``cfg.num_samples`` G samples (features kept for KID)."""
     from ganops.training.sampling import iter_samples
 
-    stats = FeatureStats(max_kept=cfg.num_samples)
+    stats = FeatureStats(max_kept=min(cfg.num_samples, defaults.MAX_KEPT_FEATURES))
     for batch in iter_samples(G, cfg.num_samples, seed=seed, batch_size=cfg.batch_size):
         stats.append(extractor.features(quantize_to_uint8(batch), cfg.protocol, cfg.batch_size))
     return stats

