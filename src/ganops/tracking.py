@@ -270,7 +270,10 @@ def export_loss_csv(run_dir: str | Path) -> Path | None:
 
 
 def _log_stage_outputs(logger: MlflowLogger, params: Params, stage: str) -> None:
-    """Attach the small, human-readable outputs of a stage to the run (never arrays or checkpoints)."""
+    """Attach the small, human-readable outputs of a stage to the run (never arrays or checkpoints).
+
+    evaluate and register attach their own outputs (eval.json, the model), so they add nothing here.
+    """
     summary = Path(params.prepare.out_dir) / "summary.json"
     report_dir = Path(params.validate_.report_dir)
     run_dir = Path(params.train.run_dir)
@@ -283,8 +286,6 @@ def _log_stage_outputs(logger: MlflowLogger, params: Params, stage: str) -> None
         export_loss_csv(run_dir)
         files.extend((run_dir / n, "train") for n in ("training_options.json", "train.json", LOSS_CSV))
         files.append((run_dir / "fakes-latest.png", "samples"))
-    if stage == "evaluate":
-        files.append((Path(params.evaluate.out), "metrics"))
     for path, dest in files:
         if path.is_file():
             logger.log_artifact(path, dest)
