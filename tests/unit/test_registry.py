@@ -150,3 +150,35 @@ def test_register_idempotent_champion_challenger_and_pyfunc_output(project, tmp_
     assert (rec3["version"], rec3["alias"]) == (3, "champion")
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 3
     assert int(client.get_model_version_by_alias(MODEL, "challenger").version) == 2
+
+
+def test_generate_images_conditional_rows_follow_class_label_and_seed():
+    from ganops.pyfunc_model import generate_images
+
+    torch.manual_seed(0)
+    kwargs = {**G_KWARGS, "num_classes": 3}
+    G = build_G("dcgan", **kwargs).eval()
+    out = generate_images(G, kwargs, pd.DataFrame({"num_images": [2, 3], "seed": [5, 5],
+                                                  "class_label": [2, None]}))
+    assert out.dtype == np.uint8 and out.shape == (5, 16, 16, 1)
+    z = latents(3, 8, seed=5)
+    with torch.no_grad():
+        ref_fixed = (G(z[:2], torch.tensor([2, 2])) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+        ref_cycle = (G(z, torch.tensor([0, 1, 2])) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    assert np.abs(out[:2].astype(int) - ref_fixed.permute(0, 2, 3, 1).numpy()).max() <= 1
+    assert np.abs(out[2:].astype(int) - ref_cycle.permute(0, 2, 3, 1).numpy()).max() <= 1  # null label cycles 0..K-1
+
+
+@pytest.mark.parametrize(("frame", "num_classes", "message"), [
+    (pd.DataFrame({"num_images": [2]}), 0, r"missing column\(s\) \['seed'\]"),
+    (pd.DataFrame({"num_images": [0], "seed": [1]}), 0, "num_images must be >= 1"),
+    (pd.DataFrame({"num_images": [1], "seed": [1], "class_label": [1]}), 0, "unconditional"),
+    (pd.DataFrame({"num_images": [1], "seed": [1], "class_label": [3]}), 3, r"outside 0\.\.2"),
+    (pd.DataFrame({"num_images": [70_000], "seed": [1]}), 0, "at most"),
+])
+def test_generate_images_rejects_bad_requests(frame, num_classes, message):
+    from ganops.pyfunc_model import generate_images
+
+    G = build_G("dcgan", **{**G_KWARGS, "num_classes": num_classes}).eval()
+    with pytest.raises(ValueError, match=message):
+        generate_images(G, {"num_classes": num_classes}, frame)
