@@ -87,7 +87,13 @@ def _optional_json(path: Path) -> dict[str, Any]:
 
 
 def _check_training_run(client: Any, run_id: str) -> None:
-    run = client.get_run(run_id)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:  # e.g. the tracking store was reset after training; train.json still proves success
+        log.warning("training run %s is not in the tracking store; cannot check its status", run_id)
+        return
     failed_tag = run.data.tags.get(STATUS_TAG.format(stage="train")) == "failed"
     if run.info.status == "FAILED" or failed_tag:
         raise RegistrationError(f"MLflow run {run_id} is marked failed (status {run.info.status}, "

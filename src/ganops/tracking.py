@@ -228,6 +228,16 @@ def _resolve_run_id(params: Params, stage: str) -> str | None:
     return None
 
 
+def _run_exists(client: MlflowClient, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
 def _stage_params(params: Params, stage: str) -> dict[str, Any]:
     """The flattened params a stage reads: its own section, plus ``seed``/``experiment``; train adds its data."""
     from ganops.config import flatten
@@ -318,6 +328,13 @@ def stage_logger(params: Params, stage: str, *, root: str | Path | None = None) 
     import mlflow
 
     client, exp_id = configure_mlflow(params.experiment, root)
+    if run_id is not None and not _run_exists(client, run_id):
+        if os.environ.get(ENV_RUN_ID, "").strip():
+            raise ValueError(f"${ENV_RUN_ID}={run_id} is not a run in {tracking_uri(root)}; unset it or point "
+                             "MLFLOW_TRACKING_URI at the store that holds it")
+        log.warning("run %s from %s/%s is not in %s (store reset?); logging to a new run",
+                    run_id, params.train.run_dir, RUN_ID_FILE, tracking_uri(root))
+        run_id = None
     if run_id is None:
         run = client.create_run(exp_id, tags={"ganops.source": "cli"})
         run_id = run.info.run_id

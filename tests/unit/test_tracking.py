@@ -134,3 +134,17 @@ def test_export_loss_csv_keeps_only_loss_lines(tmp_path):
     out = export_loss_csv(tmp_path)
     assert out.read_text() == "step,kimg,loss_G,loss_D\n1,0.064,1.5,0.7\n2,0.128,1.25,0.5\n"
     assert export_loss_csv(tmp_path / "missing") is None
+
+
+def test_stale_run_ids_new_run_from_file_error_from_env(project, monkeypatch):
+    _, params = project
+    from ganops.io import write_json
+
+    write_json(f"{params.train.run_dir}/{RUN_ID_FILE}", {"run_id": "0" * 32})  # e.g. mlflow.db was deleted
+    with stage_logger(params, "evaluate") as logger:
+        fresh = logger.run_id
+    assert fresh != "0" * 32 and _client().get_run(fresh).info.status == "FINISHED"
+    monkeypatch.setenv(ENV_RUN_ID, "f" * 32)
+    with pytest.raises(ValueError, match="GANOPS_MLFLOW_RUN_ID"):
+        with stage_logger(params, "train"):
+            pass
