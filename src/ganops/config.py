@@ -71,7 +71,9 @@ class TrainConfig(_Strict):
     ndf: int = Field(64, ge=1, description="discriminator base width (channels)")
     loss: str = "non_saturating"
     batch_size: int = Field(64, ge=1)
-    total_kimg: float = Field(60.0, gt=0, description="training length in thousands of real images shown to D")
+    total_kimg: float = Field(
+        30.0, gt=0, description="training length in thousands of real images shown to D (30 ~ 8 min on 2 CPU cores)"
+    )
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     betas_g: tuple[float, float] = (0.5, 0.999)
@@ -83,7 +85,7 @@ class TrainConfig(_Strict):
     gp_lambda: float = Field(10.0, ge=0, description="gradient-penalty weight for loss=wgan_gp")
     diffaugment: str = Field("", description="comma list of translation,cutout,color; empty = off")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
-    channels_last: bool = Field(False, description="NHWC memory format for G and D")
+    channels_last: bool = Field(True, description="NHWC memory format for G and D (1.3x faster on the 2-core CPU)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(0, ge=0, description="torch intra-op CPU threads; 0 = torch default (all cores)")
     num_workers: int = Field(0, ge=0, description="unused: the train split is held in memory as one uint8 tensor")

@@ -34,10 +34,11 @@ def write_prepared(out_dir: Path, *, n: int = 64, resolution: int = 8, channels:
 
 
 def tiny_cfg(run_dir: Path, **overrides) -> TrainConfig:
-    """A config that trains in well under a second: 8 px, widths 8, batch 8, 5 steps."""
+    """A config that trains in well under a second: 8 px, widths 8, batch 8, 5 steps, one thread (tiny tensors:
+    a second OpenMP thread only adds sync cost, and a lot of it on a busy machine)."""
     base = dict(z_dim=8, ngf=8, ndf=8, batch_size=8, total_kimg=0.04, sample_every_kimg=0.02,
                 checkpoint_every_kimg=0.02, log_every_steps=1, grid_size=2, mode_collapse_num_images=8,
-                device="cpu", run_dir=str(run_dir))
+                device="cpu", channels_last=False, num_threads=1, run_dir=str(run_dir))
     return TrainConfig(**{**base, **overrides})
 
 
