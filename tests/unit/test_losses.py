@@ -80,7 +80,7 @@ def test_gradient_penalty_closed_form_and_shape_check():
     w = 3 * w / w.norm()  # ||grad|| = 3 at every interpolate -> (3 - 1)^2 = 4
     D = _LinearD(w)
     gp = gradient_penalty(D, torch.randn(6, 1, 4, 4), torch.randn(6, 1, 4, 4), generator=torch.Generator().manual_seed(0))
-    assert float(gp) == pytest.approx(4.0, rel=1e-5)
+    assert float(gp.detach()) == pytest.approx(4.0, rel=1e-5)
     gp.backward()
     assert D.w.grad is not None and float(D.w.grad.norm()) > 0
     with pytest.raises(ValueError, match="same shape"):
