@@ -84,15 +84,19 @@ def _fid(ctx: MetricContext, num: int, split: str) -> dict:
             "num_real": real.n}
 
 
+def _kept(num: int) -> int:
+    return min(num, defaults.MAX_KEPT_FEATURES)
+
+
 def _kid(ctx: MetricContext, num: int, split: str) -> dict:
-    fake, real = ctx.fake_stats(num, num), ctx.real_stats(split, num, num)
+    fake, real = ctx.fake_stats(num, _kept(num)), ctx.real_stats(split, num, _kept(num))
     mean, std = kernel_inception_distance(fake.kept_features, real.features, num_subsets=ctx.kid_subsets,
                                           subset_size=ctx.kid_subset_size, seed=ctx.seed)
     return {"kid_mean": mean, "kid_std": std, "num_generated": fake.n, "num_real": real.n}
 
 
 def _prdc(ctx: MetricContext, num: int, split: str) -> dict:
-    fake, real = ctx.fake_stats(num, num), ctx.real_stats(split, num, num)
+    fake, real = ctx.fake_stats(num, _kept(num)), ctx.real_stats(split, num, _kept(num))
     return {**precision_recall(real.features, fake.kept_features, k=defaults.PR_K),
             **density_coverage(real.features, fake.kept_features, k=defaults.DC_K),
             "num_generated": fake.n, "num_real": real.n, "features": "inception_pool3"}
