@@ -144,14 +144,15 @@ def main() -> None:
         _memory_child(args.memory_child)
         return
     result: dict = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    if args.features:
-        result["features"] = bench_features(args.features, args.batch_size)
-    if args.sqrt:
-        result["sqrt"] = bench_sqrt(args.sqrt_dim)
-    if args.memory:
-        result["memory"] = bench_memory([int(v) for v in args.memory_ns.split(",")])
-    if args.fmnist:
-        result["fmnist"] = bench_fmnist(args.fmnist, args.protocols.split(","), args.bf16, args.prepared)
+    sections = [("features", args.features, lambda: bench_features(args.features, args.batch_size)),
+                ("sqrt", args.sqrt, lambda: bench_sqrt(args.sqrt_dim)),
+                ("memory", args.memory, lambda: bench_memory([int(v) for v in args.memory_ns.split(",")])),
+                ("fmnist", args.fmnist, lambda: bench_fmnist(args.fmnist, args.protocols.split(","), args.bf16,
+                                                             args.prepared))]
+    for name, wanted, run in sections:
+        if wanted:
+            result[name] = run()
+            print(json.dumps({name: result[name]}), file=sys.stderr, flush=True)  # progress for long runs
     print(json.dumps(result, indent=2))
 
 
