@@ -144,8 +144,8 @@ def main() -> None:
         _memory_child(args.memory_child)
         return
     result: dict = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    sections = [("features", args.features, lambda: bench_features(args.features, args.batch_size)),
-                ("sqrt", args.sqrt, lambda: bench_sqrt(args.sqrt_dim)),
+    sections = [("sqrt", args.sqrt, lambda: bench_sqrt(args.sqrt_dim)),
+                ("features", args.features, lambda: bench_features(args.features, args.batch_size)),
                 ("memory", args.memory, lambda: bench_memory([int(v) for v in args.memory_ns.split(",")])),
                 ("fmnist", args.fmnist, lambda: bench_fmnist(args.fmnist, args.protocols.split(","), args.bf16,
                                                              args.prepared))]
