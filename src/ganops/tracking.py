@@ -293,7 +293,6 @@ def _log_stage_outputs(logger: MlflowLogger, params: Params, stage: str) -> None
     if stage in ("validate", "train") and report_dir.is_dir():
         files.extend((p, "data/validation") for p in sorted(report_dir.iterdir()) if p.is_file())
     if stage == "train":
-        export_loss_csv(run_dir)
         files.extend((run_dir / n, "train") for n in ("training_options.json", "train.json", LOSS_CSV))
         files.append((run_dir / "fakes-latest.png", "samples"))
     for path, dest in files:
@@ -316,7 +315,8 @@ def stage_logger(params: Params, stage: str, *, root: str | Path | None = None) 
         root: project root for the default SQLite store and artifact folder (default: cwd).
 
     Raises:
-        ValueError: unknown ``stage``.
+        ValueError: unknown ``stage``, or ``$GANOPS_MLFLOW_RUN_ID`` names a run missing from the store (a stale id
+            in ``mlflow_run.json`` only logs a warning and starts a new run).
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
@@ -350,6 +350,8 @@ def stage_logger(params: Params, stage: str, *, root: str | Path | None = None) 
         logger.log_params(_stage_params(params, stage))
         yield logger
         logger.flush()
+        if stage == "train":
+            export_loss_csv(params.train.run_dir)  # the dvc.yaml plots file, inside the train output
         _log_stage_outputs(logger, params, stage)
         logger.set_tags({STATUS_TAG.format(stage=stage): "ok"})
         status = "FINISHED"
