@@ -59,6 +59,12 @@ def test_dvc_repro_fresh_copy_then_noop(tiny_project):
         pd.DataFrame({"num_images": [3], "seed": [0]}))
     assert images.dtype == np.uint8 and images.shape == (3, 28, 28, 1)
 
+    # The dvc.yaml loss plot renders from runs/train/loss.csv (one row per logged step).
+    loss_rows = (tiny_project / "runs/train/loss.csv").read_text().splitlines()
+    assert loss_rows[0] == "step,kimg,loss_G,loss_D" and len(loss_rows) >= 3
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], tiny_project).stdout)
+    assert "runs/train/loss.csv" in plots["data"]
+
     second = run(["dvc", "repro"], tiny_project)
     assert "Running stage" not in second.stdout and "up to date" in second.stdout
     status = run(["dvc", "status"], tiny_project)
