@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -363,7 +362,3 @@ def stage_logger(params: Params, stage: str, *, root: str | Path | None = None) 
     finally:
         mlflow.end_run(status=status)
 
-
-def is_finite_number(x: Any) -> bool:
-    """True for an int/float that is neither NaN nor infinite (bools excluded)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
