@@ -88,7 +88,8 @@ def validate(params: ParamsOpt = Path("params.yaml"), dry_run: DryRunOpt = False
         from ganops.data.validate import validate as run
 
         result = run(p.validate_, prepared_dir=p.prepare.out_dir)
-        return {k: result[k] for k in ("success", "statistics") if k in result} or result
+        keys = ("success", "statistics", "warnings", "duplicates", "data_docs")
+        return {k: result[k] for k in keys if k in result} or result
 
     _run_stage("validate", params, dry_run, "validate", body)
 
@@ -100,7 +101,19 @@ def train(params: ParamsOpt = Path("params.yaml"), dry_run: DryRunOpt = False) -
     def body(p: Params, logger: Any) -> Any:
         from ganops.training.loop import training_loop
 
-        return training_loop(p.train, prepared_dir=p.prepare.out_dir, seed=p.seed, logger=logger)
+        metric_fn = None
+        if p.train.eval_every_kimg > 0:
+            # In-training FID/KID: the evaluate section's protocol and weights on a smaller sample; its reference
+            # statistics live inside the run directory (a train output), not in evaluate's cache.
+            from ganops.evaluate import make_metric_fn
+
+            eval_cfg = p.evaluate.model_copy(update={
+                "num_samples": p.train.eval_num_samples,
+                "ref_stats_dir": str(Path(p.train.run_dir) / "ref_stats"),
+            })
+            metric_fn = make_metric_fn(eval_cfg, prepared_dir=p.prepare.out_dir, seed=p.seed)
+        return training_loop(p.train, prepared_dir=p.prepare.out_dir, seed=p.seed, logger=logger,
+                             metric_fn=metric_fn)
 
     _run_stage("train", params, dry_run, "train", body)
 

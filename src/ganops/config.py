@@ -92,7 +92,10 @@ class TrainConfig(_Strict):
     log_every_steps: int = Field(10, ge=1, description="stats.jsonl / logger interval, in G steps")
     sample_every_kimg: float = Field(10.0, gt=0)
     checkpoint_every_kimg: float = Field(10.0, gt=0)
-    eval_every_kimg: float = Field(0.0, ge=0, description="in-training metric interval (needs metric_fn); 0 = off")
+    eval_every_kimg: float = Field(0.0, ge=0, description="in-training FID/KID interval; 0 = off")
+    eval_num_samples: int = Field(
+        500, ge=2, description="generated and real test images per in-training FID (protocol etc. from evaluate)"
+    )
     mode_collapse_threshold: float = Field(
         0.5, ge=0, description="warn when the G_ema/real mean pairwise-distance ratio drops below this"
     )
