@@ -103,6 +103,10 @@ class TrainConfig(_Strict):
     grad_norm_limit: float = Field(1e4, gt=0, description="stop when a gradient norm exceeds this")
     grid_size: int = Field(8, ge=1, le=32, description="sample grid is grid_size x grid_size")
     run_dir: str = "runs/train"
+    # What to do when run_dir holds a training state made with another architecture config (arch, widths, loss,
+    # spectral norm, conditioning, dataset): "refuse" raises ResumeMismatchError; "restart" deletes that run's
+    # training outputs and trains from scratch (for DVC experiments, whose previous outputs stay in the DVC cache).
+    on_config_change: Literal["refuse", "restart"] = "refuse"
 
     @field_validator("betas_g", "betas_d")
     @classmethod

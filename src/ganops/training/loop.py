@@ -155,6 +155,14 @@ def _truncate_stats(path: Path, keep_through_step: int) -> None:
         f.write("".join(ln + "\n" for ln in kept))
 
 
+def _discard_training_outputs(run_dir: Path) -> None:
+    # Only what this loop writes; other files in run_dir (e.g. the tracker's mlflow_run.json) stay.
+    patterns = ("training-state.pt", "stats.jsonl", "train.json", "network-snapshot*.pt", "fakes*.png")
+    for pattern in patterns:
+        for path in run_dir.glob(pattern):
+            path.unlink()
+
+
 def _all_finite(module: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
 
@@ -190,7 +198,9 @@ def training_loop(
     Raises:
         ValueError: unknown arch/loss/augment name, unsupported resolution, a conditional run on unlabeled data,
             fp16 on CPU, or a metric_fn result without ``fid``.
-        ResumeMismatchError: the run directory's state has a different architecture config.
+        ResumeMismatchError: the run directory's state has a different architecture config and
+            ``cfg.on_config_change`` is ``refuse`` (with ``restart`` that run's outputs are deleted and training
+            starts from scratch).
         TrainingDivergedError: a loss is NaN/inf or a gradient norm exceeds ``grad_norm_limit``.
         ganops.data.errors.DataError: the prepared directory is missing or malformed.
     """
@@ -250,17 +260,22 @@ def training_loop(
     step, cur_nimg, best_fid, wall_time_s = 0, 0, math.inf, 0.0
     last: dict[str, float] = {}
 
-    # ---- Resume from training-state.pt, refusing an architecture change ----------------------------------------
+    # ---- Resume from training-state.pt; an architecture change is refused or restarts (on_config_change) -------
     state_path, stats_path = run_dir / "training-state.pt", run_dir / "stats.jsonl"
     resumed_from_step = None
-    if state_path.is_file():
-        state = load_torch(state_path, "cpu")
-        diffs = arch_mismatch(state["arch_config"], arch_config)
-        if diffs:
-            raise ResumeMismatchError(
-                f"{state_path} was trained with a different architecture config ({'; '.join(diffs)}). Delete "
-                f"{run_dir} to start over, or restore those params to resume."
-            )
+    state = load_torch(state_path, "cpu") if state_path.is_file() else None
+    diffs = arch_mismatch(state["arch_config"], arch_config) if state is not None else []
+    if diffs and cfg.on_config_change == "refuse":
+        raise ResumeMismatchError(
+            f"{state_path} was trained with a different architecture config ({'; '.join(diffs)}). Delete "
+            f"{run_dir} to start over (or set train.on_config_change=restart), or restore those params to resume."
+        )
+    if diffs:
+        log.warning("%s was trained with a different architecture config (%s); train.on_config_change=restart: "
+                    "discarding its training outputs and training from scratch", state_path, "; ".join(diffs))
+        _discard_training_outputs(run_dir)
+        state = None
+    if state is not None:
         changed = arch_mismatch(state["options"], cfg.model_dump(mode="json"))
         if changed:
             log.warning("resuming %s with changed options: %s", run_dir, "; ".join(changed))
