@@ -5,11 +5,18 @@ DVC alone decides what is up to date (each task is ``dvc repro --single-item <st
 SQLite tracking store), one MLflow run shared by every stage of this execution (exported to the stages as
 ``$GANOPS_MLFLOW_RUN_ID``) and a markdown artifact summarising the result.
 
-Run it with ``python flows/pipeline.py`` (no Prefect server needed: Prefect starts a temporary local one).
+Parameter overrides (``overrides={"train.loss": "hinge"}``) are validated against the full ``params.yaml`` schema
+before any stage runs, then written into the project's ``params.yaml`` -- what ``dvc exp run -S`` does -- so DVC
+still decides which stages are out of date, and a ``dvc repro`` afterwards sees the same parameters.
+
+Run it with ``python flows/pipeline.py [-S train.loss=hinge ...]`` (no Prefect server needed: Prefect starts a
+temporary local one).
 """
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import os
 import re
@@ -19,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 # The temporary Prefect server migrates a fresh database on first start: > 20 s (Prefect's default) on 2 cores.
 for _key, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
@@ -31,7 +40,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
-from ganops.config import Params, load_params  # noqa: E402
+from ganops.config import ConfigError, Params, load_params, parse_params  # noqa: E402
 from ganops.tracking import ENV_RUN_ID, configure_mlflow, tracking_uri  # noqa: E402
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -127,6 +136,61 @@ def summary_markdown(project_dir: Path, params: Params, run_id: str, exp_id: str
     return "\n".join(lines) + "\n"
 
 
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = tree.get(part)
+        if not isinstance(child, dict):
+            child = tree[part] = {}
+        tree = child
+    tree[leaf] = value
+
+
+def _get_dotted(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def validate_overrides(params_file: Path, overrides: dict[str, Any]) -> tuple[Params, dict[str, Any]]:
+    """Merge dotted-key ``overrides`` into ``params_file`` and validate the result; nothing is written.
+
+    Args:
+        params_file: the project's ``params.yaml``.
+        overrides: ``{"train.loss": "hinge", "train.total_kimg": 5}``; values are parsed like ``params.yaml``
+            values (``"0.5"`` becomes 0.5 for a float field).
+
+    Returns:
+        ``(params, typed)``: the validated :class:`Params` and each override's validated value (JSON types).
+
+    Raises:
+        ConfigError: an override names an unknown key, has a wrong type or is out of range (the message names the
+            field), or a key is empty.
+    """
+    raw = yaml.safe_load(params_file.read_text()) or {}
+    for key, value in overrides.items():
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override key {key!r} is not a dotted params.yaml key such as 'train.loss'")
+        _set_dotted(raw, key, value)
+    params = parse_params(raw, f"{params_file} with overrides {overrides}")
+    dumped = params.model_dump(by_alias=True, mode="json")
+    return params, {key: _get_dotted(dumped, key) for key in overrides}
+
+
+def apply_overrides(params_file: Path, typed: dict[str, Any]) -> None:
+    """Write validated overrides into ``params_file`` in place, keeping its comments and key order (as
+    ``dvc exp run -S`` does)."""
+    from ruamel.yaml import YAML
+
+    rt = YAML()  # round-trip mode: comments survive
+    doc = rt.load(params_file.read_text())
+    for key, value in typed.items():
+        _set_dotted(doc, key, value)
+    buf = io.StringIO()
+    rt.dump(doc, buf)
+    params_file.write_text(buf.getvalue())
+
+
 def _check_params_path(project_dir: Path, params_path: str | Path) -> Path:
     path = (project_dir / params_path).resolve()
     if path != (project_dir / "params.yaml").resolve():
@@ -136,25 +200,37 @@ def _check_params_path(project_dir: Path, params_path: str | Path) -> Path:
 
 
 @flow(name="ganops-pipeline", log_prints=True)
-def ganops_pipeline(params_path: str = "params.yaml", project_dir: str | None = None,
-                    stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+def ganops_pipeline(overrides: dict[str, Any] | None = None, params_path: str = "params.yaml",
+                    project_dir: str | None = None, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
     """Run the DVC stages in order under one MLflow run; returns ``{run_id, stages, eval, registration}``.
 
     Args:
+        overrides: dotted ``params.yaml`` keys -> values, e.g. ``{"train.loss": "hinge"}``. Validated with the
+            full schema before anything runs, then written into ``params.yaml`` (like ``dvc exp run -S``; the file
+            keeps them afterwards). The MLflow run is tagged ``ganops.overrides``.
         params_path: the project's ``params.yaml`` (relative to ``project_dir``); DVC reads only that file.
         project_dir: the ganops checkout (default: the one holding this file).
         stages: the stages to run, in pipeline order (default: all five).
 
     Raises:
         ValueError: unknown stage names or a params file other than the project's params.yaml.
+        ConfigError: params.yaml or an override is invalid (no stage ran, params.yaml unchanged).
         StageFailed: a stage failed (after retries for transient failures); the MLflow run is marked FAILED.
     """
     project = Path(project_dir).resolve() if project_dir else PROJECT_DIR
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; valid: {', '.join(STAGES)}")
-    params = load_params(_check_params_path(project, params_path))
+    params_file = _check_params_path(project, params_path)
+    params = load_params(params_file)
+    if overrides:
+        params, typed = validate_overrides(params_file, overrides)
+        apply_overrides(params_file, typed)
+        get_run_logger().info("params.yaml overrides: %s", typed)
     run_id, exp_id = _start_pipeline_run(params, project)
+    if overrides:
+        configure_mlflow(params.experiment, root=project)[0].set_tag(run_id, "ganops.overrides",
+                                                                     json.dumps(typed, sort_keys=True))
     results: list[StageResult] = []
     try:
         for stage in (s for s in STAGES if s in stages):
@@ -174,6 +250,21 @@ def ganops_pipeline(params_path: str = "params.yaml", project_dir: str | None = 
     }
 
 
+def parse_set_args(pairs: list[str]) -> dict[str, Any]:
+    """``["train.loss=hinge", "train.total_kimg=5"]`` -> ``{"train.loss": "hinge", "train.total_kimg": 5}``
+    (values parsed as YAML scalars, like ``dvc exp run -S``). Raises ValueError for an item without ``=``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"-S {pair!r}: expected KEY=VALUE, e.g. -S train.loss=hinge")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 if __name__ == "__main__":
-    result = ganops_pipeline()
+    cli = argparse.ArgumentParser(description="Run the ganops DVC stages as a Prefect flow.")
+    cli.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+                     help="params.yaml override, e.g. -S train.loss=hinge (repeatable)")
+    result = ganops_pipeline(overrides=parse_set_args(cli.parse_args().set_param) or None)
     print(json.dumps({k: v for k, v in result.items() if k != "eval"}, indent=2, default=str))
