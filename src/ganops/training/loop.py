@@ -41,6 +41,7 @@ from ganops.io import atomic_write, sha256_file, write_json
 from ganops.losses import get_loss, gradient_penalty, r1_penalty
 from ganops.models import build_D, build_G, check_arch
 from ganops.tracking import Logger, NullLogger
+from ganops.training import distributed as ddp
 from ganops.training.augment import diff_augment, parse_policy
 from ganops.training.ema import ema_beta, update_ema
 from ganops.training.sampling import diversity_ratio, latents, save_grid
@@ -218,6 +219,11 @@ def training_loop(
 
     # ---- Device, threads, precision ---------------------------------------------------------------------------
     device = resolve_device(cfg.device)
+    dist_info, device = ddp.setup(device)  # torchrun: join the group, one device per rank; else a no-op
+    ddp.check_batch(cfg.batch_size, dist_info)  # the global batch must split evenly over ranks
+    is_main = dist_info.is_main  # only rank 0 writes the run directory and logs
+    if not is_main:
+        logger, progress = NullLogger(), False
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     amp_dtype = resolve_precision(cfg.precision, device)
@@ -290,15 +296,19 @@ def training_loop(
         wall_time_s, last = float(state["wall_time_s"]), dict(state["last_stats"])
         _set_rng_state(state["rng"], data_gen)
         resumed_from_step = step
-        _truncate_stats(stats_path, step)
+        if is_main:
+            _truncate_stats(stats_path, step)
         log.info("resumed %s at step %d (%.3f kimg)", run_dir, step, cur_nimg / 1000)
-    else:
+    elif is_main:
         _truncate_stats(stats_path, -1)  # stale lines from a run killed before its first checkpoint
-    write_json(run_dir / "training_options.json", {
+    G_train, D_train = ddp.wrap(G, dist_info, device), ddp.wrap(D, dist_info, device)  # after resume: same start
+    if is_main:
+        write_json(run_dir / "training_options.json", {
         **cfg.model_dump(mode="json"), "seed": seed, "prepared_dir": str(prepared_dir), "device": str(device),
         "autocast_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
         "num_images": num_images, "G_kwargs": G_kwargs, "D_kwargs": D_kwargs, "arch_config": arch_config,
         "resumed_from_step": resumed_from_step, "torch_num_threads": torch.get_num_threads(),
+        "world_size": dist_info.world_size,
     })
 
     # ---- Fixed inputs for sample grids and the mode-collapse signal (own seeds; the global RNG is untouched) ---
@@ -317,11 +327,15 @@ def training_loop(
                     dataset_sha256=summary.get("dataset_sha256"), class_names=summary.get("class_names"))
 
     def write_stats(entry: dict[str, Any]) -> None:
+        if not is_main:
+            return
         with open(stats_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
     # ---- Per-interval actions: sample grid + diversity, evaluation, checkpoint -------------------------------
     def sample_grid() -> None:
+        if not is_main:
+            return
         with torch.no_grad():
             fakes = torch.cat([G_ema(z, None if grid_c is None else grid_c[i:i + len(z)])
                                for i, z in zip(range(0, len(grid_z), 256), grid_z.split(256))])
@@ -338,6 +352,8 @@ def training_loop(
 
     def evaluate() -> None:
         nonlocal best_fid
+        if not is_main:
+            return
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             metrics = {k: float(v) for k, v in metric_fn(G_ema).items()}
         if "fid" not in metrics:
@@ -352,6 +368,9 @@ def training_loop(
         for name, net in (("G", G), ("D", D), ("G_ema", G_ema)):
             if not _all_finite(net):  # belt and braces: never overwrite good files with broken weights
                 raise TrainingDivergedError(f"non-finite weights in {name} at step {step}; last good state kept")
+            ddp.broadcast_buffers(net, dist_info)  # every rank holds rank 0's BN statistics, as saved
+        if not is_main:
+            return
         save_snapshot(run_dir / "network-snapshot-latest.pt", G_ema, snapshot_meta())
         if not eval_on:
             save_snapshot(run_dir / "network-snapshot.pt", G_ema, snapshot_meta())
@@ -385,18 +404,19 @@ def training_loop(
         t_step = time.perf_counter()
 
         # D step: real batch by seeded index, fakes from fresh z (with the real batch's labels when conditional).
-        idx = torch.randint(num_images, (B,), generator=data_gen).to(device)
+        # DDP: every rank draws the same global indices / latents and keeps its disjoint shard [rank::world].
+        idx = ddp.shard(torch.randint(num_images, (B,), generator=data_gen), dist_info).to(device)
         reals = (data[idx].float() / 127.5 - 1.0).contiguous(memory_format=memory_format)
         c_real = labels[idx] if num_classes else None
-        z = torch.randn(B, cfg.z_dim, device=device)
+        z = ddp.shard(torch.randn(B, cfg.z_dim, device=device), dist_info)
         c_fake = c_real  # fake labels follow the data's class frequencies; also lets GP share one label per pair
         D.requires_grad_(True)
         with autocast():
             with torch.no_grad():
                 fakes = G(z, c_fake)
             aug_reals, aug_fakes = augment(reals), augment(fakes.float())
-            real_logits = D(aug_reals, c_real).float()
-            fake_logits = D(aug_fakes, c_fake).float()
+            real_logits = D_train(aug_reals, c_real).float()
+            fake_logits = D_train(aug_fakes, c_fake).float()
         loss_D = loss.d_loss(real_logits, fake_logits)
         gp = r1 = None
         if use_gp:  # penalties in fp32: double backward under autocast is fragile
@@ -416,10 +436,10 @@ def training_loop(
 
         # G step: D frozen so its grads stay untouched.
         D.requires_grad_(False)
-        z = torch.randn(B, cfg.z_dim, device=device)
-        c_fake = torch.randint(num_classes, (B,), device=device) if num_classes else None
-        with autocast():
-            gen_logits = D(augment(G(z, c_fake).float()), c_fake).float()
+        z = ddp.shard(torch.randn(B, cfg.z_dim, device=device), dist_info)
+        c_fake = ddp.shard(torch.randint(num_classes, (B,), device=device), dist_info) if num_classes else None
+        with autocast():  # raw D: no gradient sync for D here, G's gradients are all-reduced by G_train
+            gen_logits = D(augment(G_train(z, c_fake).float()), c_fake).float()
         loss_G = loss.g_loss(gen_logits)
         _guard("loss_G", float(loss_G.detach()), step)
         opt_G.zero_grad(set_to_none=True)
@@ -451,7 +471,8 @@ def training_loop(
         done = cur_nimg >= total_nimg
         if step % cfg.log_every_steps == 0 or done:
             sec_per_step = window_s / window_steps
-            entry = {"step": step, "kimg": cur_nimg / 1000, **last, "sec_per_step": sec_per_step,
+            entry = {"step": step, "kimg": cur_nimg / 1000, **ddp.mean_over_ranks(last, dist_info, device),
+                     "sec_per_step": sec_per_step,
                      "images_per_s": B / sec_per_step}
             write_stats(entry)
             logger.log_metrics({k: v for k, v in entry.items() if k != "step"}, step=step)
@@ -470,6 +491,15 @@ def training_loop(
     # ---- Summary ---------------------------------------------------------------------------------------------------
     if saved_step != step:  # e.g. total_kimg reached with no step taken in this call and no state yet
         checkpoint()
+    # DDP: the ranks must end with bit-identical G and D (gradient all-reduce + rank 0's buffers); a mismatch would
+    # mean a shard trained a different model than the one saved.
+    rank_checksums = ddp.gather_strings(ddp.state_checksum(G.state_dict(), D.state_dict()), dist_info)
+    if len(set(rank_checksums)) != 1:
+        raise RuntimeError(f"DDP ranks ended with different G/D weights (checksums {rank_checksums}); "
+                           "this is a bug in the distributed loop, please report it")
+    if not is_main:
+        ddp.barrier(dist_info)  # return only once rank 0 has written the summary
+        return {}
     snapshot_path = run_dir / "network-snapshot.pt"
     if not snapshot_path.is_file():  # eval on but every FID was NaN: fall back to latest
         save_snapshot(snapshot_path, G_ema, snapshot_meta())
@@ -482,8 +512,10 @@ def training_loop(
         "snapshot_latest_sha256": sha256_file(run_dir / "network-snapshot-latest.pt"),
         "resumed_from_step": resumed_from_step, "device": str(device), "precision": cfg.precision,
         "arch": cfg.arch, "loss": cfg.loss,
+        "world_size": dist_info.world_size, "rank_checksums": rank_checksums,
     }
     write_json(run_dir / "train.json", summary_out)
+    ddp.barrier(dist_info)
     return summary_out
 
 
