@@ -102,6 +102,36 @@ def artifact_location(root: str | Path | None = None) -> str:
     return (root / "mlartifacts").resolve().as_uri()
 
 
+class TrackingUnavailableError(ConnectionError):
+    """The MLflow tracking server in ``$MLFLOW_TRACKING_URI`` does not answer; raised before any stage work."""
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when an ``http(s)://`` tracking URI has nothing listening (local stores are not checked).
+
+    MLflow's own client retries a dead server with exponential backoff for minutes; a TCP connect with a short
+    timeout turns that into an immediate, actionable error, before a stage trains or evaluates anything.
+
+    Raises:
+        TrackingUnavailableError: the host does not resolve or refuses / times out the connection.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "localhost", port), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {uri} is unreachable ({err}). Start it (e.g. `mlflow server --host 127.0.0.1 "
+            f"--port {port}`), fix MLFLOW_TRACKING_URI, or unset it to log to the local sqlite:///mlflow.db"
+        ) from None
+
+
 def configure_mlflow(experiment: str, root: str | Path | None = None) -> tuple[MlflowClient, str]:
     """Point MLflow at the project store and make sure ``experiment`` exists.
 
@@ -109,6 +139,7 @@ def configure_mlflow(experiment: str, root: str | Path | None = None) -> tuple[M
         ``(client, experiment_id)``.
 
     Raises:
+        TrackingUnavailableError: ``$MLFLOW_TRACKING_URI`` is an http(s) server that does not answer.
         ValueError: the experiment exists but is deleted (restore it with ``mlflow experiments restore`` or pick
             another ``experiment`` in params.yaml).
     """
@@ -118,6 +149,7 @@ def configure_mlflow(experiment: str, root: str | Path | None = None) -> tuple[M
     from mlflow import MlflowClient
 
     uri = tracking_uri(root)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
