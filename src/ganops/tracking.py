@@ -310,11 +310,83 @@ def export_loss_csv(run_dir: str | Path) -> Path | None:
     return out
 
 
+FID_PLOT = "fid_over_training.png"
+
+
+def plot_fid_over_training(run_dir: str | Path, out: str | Path) -> Path | None:
+    """Plot in-training FID (``metric/fid`` lines of ``<run_dir>/stats.jsonl``) against kimg into the PNG ``out``.
+
+    Returns None (and writes nothing) when ``stats.jsonl`` is absent or holds no FID (``train.eval_every_kimg`` 0).
+    """
+    import json
+
+    stats = Path(run_dir) / "stats.jsonl"
+    if not stats.is_file():
+        return None
+    points = [(e["kimg"], e["metric/fid"]) for e in (json.loads(x) for x in stats.read_text().splitlines() if x.strip())
+              if "metric/fid" in e]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([k for k, _ in points], [f for _, f in points], marker="o")
+    ax.set(xlabel="kimg (thousands of real images shown to D)", ylabel="FID (lower is better)",
+           title="FID over training (G_ema)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
+
+
+def _log_resolved_config(logger: MlflowLogger, params: Params) -> None:
+    # The whole validated params.yaml, defaults filled in: what the stage actually ran with.
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.resolved.yaml"
+        path.write_text(yaml.safe_dump(params.model_dump(by_alias=True, mode="json"), sort_keys=False))
+        logger.log_artifact(path, "config")
+
+
+def _log_evaluation_grid(logger: MlflowLogger, params: Params) -> None:
+    # The evaluated snapshot's samples next to its metrics, one file per evaluated snapshot.
+    import shutil
+    import tempfile
+
+    grid, ev_path = Path(params.train.run_dir) / "fakes-latest.png", Path(params.evaluate.out)
+    if not grid.is_file() or not ev_path.is_file():
+        return
+    ev = read_json(ev_path)
+    name = f"fakes-kimg{float(ev.get('kimg') or 0):08.3f}-{str(ev.get('snapshot_sha256', ''))[:8]}.png"
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(grid, Path(tmp) / name)
+        logger.log_artifact(Path(tmp) / name, "evaluation")
+
+
 def _log_stage_outputs(logger: MlflowLogger, params: Params, stage: str) -> None:
     """Attach the small, human-readable outputs of a stage to the run (never arrays or checkpoints).
 
-    evaluate and register attach their own outputs (eval.json, the model), so they add nothing here.
+    Every stage attaches the resolved config (``config/params.resolved.yaml``); train adds the FID-over-training
+    plot when in-training evaluation ran; evaluate adds the evaluated sample grid (``evaluation/``). eval.json and
+    the model are logged by evaluate and register themselves.
     """
+    import tempfile
+
+    _log_resolved_config(logger, params)
+    if stage == "evaluate":
+        _log_evaluation_grid(logger, params)
+    if stage == "train":
+        with tempfile.TemporaryDirectory() as tmp:
+            plot = plot_fid_over_training(params.train.run_dir, Path(tmp) / FID_PLOT)
+            if plot is not None:
+                logger.log_artifact(plot, "train")
     summary = Path(params.prepare.out_dir) / "summary.json"
     report_dir = Path(params.validate_.report_dir)
     run_dir = Path(params.train.run_dir)

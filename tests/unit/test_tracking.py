@@ -148,3 +148,39 @@ def test_stale_run_ids_new_run_from_file_error_from_env(project, monkeypatch):
     with pytest.raises(ValueError, match="GANOPS_MLFLOW_RUN_ID"):
         with stage_logger(params, "train"):
             pass
+
+
+def test_run_holds_resolved_config_fid_plot_and_evaluated_grid(project):
+    import yaml
+    from PIL import Image
+
+    root, params = project
+    run_dir = root / "runs" / "train"
+    with stage_logger(params, "train"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lines = [{"step": 1, "kimg": 0.1, "loss_G": 1.0, "loss_D": 1.0},
+                 {"step": 2, "kimg": 0.2, "metric/fid": 80.0}, {"step": 4, "kimg": 0.4, "metric/fid": 55.0}]
+        (run_dir / "stats.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        Image.new("L", (8, 8), 3).save(run_dir / "fakes-latest.png")
+    (root / "metrics").mkdir()
+    (root / "metrics" / "eval.json").write_text(json.dumps({"fid": 50.0, "kimg": 0.4, "snapshot_sha256": "ab" * 32}))
+    with stage_logger(params, "evaluate"):
+        pass
+
+    client, run_id = _client(), read_run_id(run_dir)
+    local = root / "dl"
+    # The resolved config: the whole params.yaml with defaults filled in, loadable as Params again.
+    cfg_path = client.download_artifacts(run_id, "config/params.resolved.yaml", str(local))
+    assert Params.model_validate(yaml.safe_load(open(cfg_path))) == params
+    plot = Image.open(client.download_artifacts(run_id, "train/fid_over_training.png", str(local)))
+    assert plot.size == (600, 400)
+    evaluated = {f.path for f in client.list_artifacts(run_id, "evaluation")}
+    assert evaluated == {"evaluation/fakes-kimg0000.400-abababab.png"}
+
+
+def test_fid_plot_only_when_stats_hold_fid(tmp_path):
+    from ganops.tracking import plot_fid_over_training
+
+    assert plot_fid_over_training(tmp_path, tmp_path / "p.png") is None  # no stats.jsonl
+    (tmp_path / "stats.jsonl").write_text(json.dumps({"step": 1, "kimg": 0.1, "loss_G": 1.0}) + "\n")
+    assert plot_fid_over_training(tmp_path, tmp_path / "p.png") is None and not (tmp_path / "p.png").exists()
