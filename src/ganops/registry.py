@@ -12,6 +12,10 @@ Policy (the ``register`` stage):
   (FID is biased in the sample count: Chong & Forsyth, "Effectively Unbiased FID", CVPR 2020), so such a model
   never silently replaces a champion.
 
+Each version carries a model card (description + tags): FID/KID with protocol and sample count, dataset sha256,
+git commit, DVC data version (md5 of the prepared directory in ``dvc.lock``), training wall time, and the sample
+grid (logged as a model artifact).
+
 MLflow 3 API: ``log_model(name=...)`` creates a LoggedModel, ``register_model`` a version, aliases replace stages.
 """
 
@@ -33,6 +37,7 @@ from ganops.tracking import STATUS_TAG, read_run_id, tracking_uri
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FILE = "network-snapshot.pt"
+SAMPLE_GRID_FILE = "fakes-latest.png"
 MODEL_CODE_FILE = Path(__file__).with_name("_mlflow_model_code.py")
 # What the pyfunc needs at load time; versions are read from this environment without local tags ("+cpu"),
 # which MLflow's own inference would keep and which pip cannot resolve from PyPI.
@@ -178,11 +183,48 @@ def _signature(meta: dict[str, Any]) -> tuple[Any, Any]:
 def _model_card(model_name: str, meta: dict[str, Any], ev: dict[str, Any], tags: dict[str, str]) -> str:
     kind = f"conditional on {meta['num_classes']} classes" if int(meta.get("num_classes", 0) or 0) else "unconditional"
     return (f"{model_name}: {tags['arch']} GAN generator (G_ema), {kind}, {tags['loss']} loss, "
-            f"{meta['resolution']}x{meta['resolution']}x{meta['channels']} uint8 images, trained {meta.get('kimg')} kimg.\n"
+            f"{meta['resolution']}x{meta['resolution']}x{meta['channels']} uint8 images, trained {meta.get('kimg')} kimg "
+            f"in {tags['train_wall_time_s']} s.\n"
             f"FID {float(ev['fid']):.3f}, KID {float(tags['kid']):.5f} ({tags['protocol']}, {tags['num_samples']} samples vs "
             f"the prepared test split, dataset sha256 {tags['dataset_sha256'][:12]}).\n"
+            f"Code: git commit {tags['git_commit']}; data: DVC version (md5 of the prepared directory in dvc.lock) "
+            f"{tags['dvc_data_md5']}.\n"
+            f"Samples: {tags.get('sample_grid', 'none logged')}.\n"
             "Input: DataFrame num_images, seed[, class_label]; output: uint8 (N, H, W, C).\n"
             f"Snapshot sha256 {tags['snapshot_sha256']}.")
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    """``git rev-parse HEAD`` in ``cwd`` (suffix ``-dirty`` when tracked files differ), or ``unknown``."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def dvc_out_md5(lock_path: str | Path, out_path: str | Path) -> str | None:
+    """The md5 DVC recorded for output ``out_path`` in ``dvc.lock`` (a directory's ends in ``.dir``), or None.
+
+    This is the DVC data version: ``dvc checkout`` / ``dvc pull`` of that lock restores exactly this content.
+    """
+    import yaml
+
+    lock_path = Path(lock_path)
+    if not lock_path.is_file():
+        return None
+    stages = (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {})
+    want = Path(out_path).as_posix().rstrip("/")
+    for stage in stages.values():
+        for out in stage.get("outs", []) or []:
+            if Path(str(out.get("path", ""))).as_posix().rstrip("/") == want and out.get("md5"):
+                return str(out["md5"])
+    return None
 
 
 def _dataset_sha256(ev: dict[str, Any], train_summary: dict[str, Any], options: dict[str, Any]) -> str | None:
@@ -292,14 +334,25 @@ def _log_and_register(cfg: RegisterConfig, client: Any, run_id: str, run_dir: Pa
         "dataset_sha256": str(dataset_sha), "snapshot_sha256": snapshot_sha,
         "arch": str(meta.get("arch", options.get("arch", "unknown"))),
         "loss": str(options.get("loss", meta.get("loss", "unknown"))), "kimg": str(meta.get("kimg", "")),
+        "train_wall_time_s": f"{float(train_summary.get('wall_time_s') or 'nan'):.1f}",
+        "git_commit": git_commit(),
+        "dvc_data_md5": str(dvc_out_md5("dvc.lock", options.get("prepared_dir") or "data/prepared") or "unknown"),
     }
+    artifacts = {"snapshot": str(snapshot)}
+    grid = run_dir / SAMPLE_GRID_FILE
+    if grid.is_file():  # the model version carries its own samples (shown under the model's artifacts)
+        artifacts["sample_grid"] = str(grid)
     signature, example = _signature(meta)
     with _active_run(run_id):
         info = mlflow.pyfunc.log_model(
-            name="generator", python_model=str(MODEL_CODE_FILE), artifacts={"snapshot": str(snapshot)},
+            name="generator", python_model=str(MODEL_CODE_FILE), artifacts=artifacts,
             code_paths=[str(Path(ganops.__file__).parent)], pip_requirements=pip_requirements(),
             signature=signature, input_example=example, tags={"snapshot_sha256": snapshot_sha},
         )
+    if grid.is_file():
+        # A plain artifact URI (file://, s3://...): downloadable and clickable, unlike a models:/m-<id> path.
+        root = mlflow.get_logged_model(info.model_id).artifact_location.rstrip("/")
+        tags["sample_grid"] = f"{root}/artifacts/{SAMPLE_GRID_FILE}"
     mv = mlflow.register_model(info.model_uri, cfg.model_name, tags=tags)
     client.update_model_version(cfg.model_name, mv.version, description=_model_card(cfg.model_name, meta, ev, tags))
     champion = _champion(client, cfg.model_name)

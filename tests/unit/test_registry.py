@@ -116,6 +116,10 @@ def test_register_idempotent_champion_challenger_and_pyfunc_output(project, tmp_
 
     sha1 = _write_snapshot(run_dir, 0)
     _write_eval(eval_json, 20.0, sha1)
+    write_json(run_dir / "train.json", {"wall_time_s": 12.34})
+    (run_dir / "fakes-latest.png").write_bytes(b"\x89PNG grid")
+    (tmp_path / "dvc.lock").write_text(f"schema: '2.0'\nstages:\n  prepare:\n    outs:\n"
+                                       f"    - path: {run_dir / 'prepared'}\n      md5: 0123abcd.dir\n")
     rec1 = register(cfg, run_dir=run_dir, eval_json=eval_json)
     assert (rec1["version"], rec1["alias"], rec1["run_id"], rec1["newly_registered"]) == (1, "champion", run_id, True)
     assert json.loads((tmp_path / "reports" / "registration.json").read_text()) == rec1
@@ -124,6 +128,13 @@ def test_register_idempotent_champion_challenger_and_pyfunc_output(project, tmp_
     assert mv.tags["arch"] == "dcgan" and mv.tags["loss"] == "hinge" and mv.tags["protocol"] == "legacy_tensorflow"
     assert mv.tags["dataset_sha256"] == "d" * 64  # from the prepared data named in training_options.json
     assert "FID 20.000" in mv.description
+    # Model card: training time, DVC data version from dvc.lock, code version, samples logged with the model.
+    assert mv.tags["train_wall_time_s"] == "12.3" and "in 12.3 s" in mv.description
+    assert mv.tags["dvc_data_md5"] == "0123abcd.dir" and "0123abcd.dir" in mv.description
+    assert mv.tags["git_commit"] == "unknown"  # the tmp project is not a git checkout
+    assert mv.tags["sample_grid"].endswith("/artifacts/fakes-latest.png")
+    grid = mlflow.artifacts.download_artifacts(mv.tags["sample_grid"], dst_path=str(tmp_path / "dl"))
+    assert open(grid, "rb").read() == (run_dir / "fakes-latest.png").read_bytes()
 
     # Same snapshot again: the existing version comes back, nothing new is registered.
     rec_again = register(cfg, run_dir=run_dir, eval_json=eval_json)
@@ -182,3 +193,27 @@ def test_generate_images_rejects_bad_requests(frame, num_classes, message):
     G = build_G("dcgan", **{**G_KWARGS, "num_classes": num_classes}).eval()
     with pytest.raises(ValueError, match=message):
         generate_images(G, {"num_classes": num_classes}, frame)
+
+
+def test_git_commit_and_dvc_out_md5(tmp_path):
+    import subprocess
+
+    from ganops.registry import dvc_out_md5, git_commit
+
+    assert git_commit(tmp_path) == "unknown"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "a.txt").write_text("1")
+    subprocess.run(["git", "add", "a.txt"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=tmp_path, check=True)
+    head = (tmp_path / ".git" / (tmp_path / ".git" / "HEAD").read_text().split()[1]).read_text().strip()
+    assert git_commit(tmp_path) == head and len(head) == 40
+    (tmp_path / "a.txt").write_text("2")
+    assert git_commit(tmp_path) == f"{head}-dirty"
+
+    lock = tmp_path / "dvc.lock"
+    assert dvc_out_md5(lock, "data/prepared") is None
+    lock.write_text("schema: '2.0'\nstages:\n  prepare:\n    outs:\n    - path: data/prepared\n      md5: aa.dir\n"
+                    "  train:\n    outs:\n    - path: runs/train\n      md5: bb.dir\n")
+    assert (dvc_out_md5(lock, "data/prepared/"), dvc_out_md5(lock, "runs/train"), dvc_out_md5(lock, "x")) == (
+        "aa.dir", "bb.dir", None)
