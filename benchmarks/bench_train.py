@@ -1,28 +1,45 @@
-"""Training throughput of the default DCGAN (28x28x1, z_dim=100, ngf=ndf=64, batch 64) on this machine.
+"""Training throughput of the default DCGAN (28x28x1, z_dim=100, ngf=ndf=64) on this machine; prints one JSON object.
 
-Runs the real ``training_loop`` for a few hundred images per variant (fp32, bf16 autocast, channels_last,
-bf16 + channels_last) on a synthetic prepared directory, in one process so the ratios are side by side, and
-prints JSON: sec/step and images/s per variant (median and min over logged windows, first window dropped as
-warm-up; min is the least-contended estimate on a shared machine),
-speed ratios vs fp32, and the ``total_kimg`` that fits a wall-clock budget at the fp32 rate.
+Every section runs its contenders in one process, interleaved, so that load from other processes hits each alike
+and the ratios are side by side. Step times come from the loops' own per-step clocks (data loading included), the
+first step(s) of each run dropped as warm-up; "median" is the typical step, "min" the least-contended one.
 
-    .venv/bin/python benchmarks/bench_train.py --steps 30 --bf16-steps 3 --budget-min 8
+Sections:
+- variants: the real ``training_loop`` in fp32, bf16 autocast, channels_last, bf16 + channels_last (batch 64),
+  plus the ``total_kimg`` that fits a wall-clock budget at the fp32 rate.
+- reference: ganops ``training_loop`` (defaults: channels_last, fused Adam, one G forward per step, batches drawn
+  from one uint8 tensor) vs ``reference_dcgan.reference_train`` (pytorch/examples dcgan style: Dataset with
+  per-image ToTensor/Normalize, DataLoader, BCE on sigmoid, Adam(2e-4, 0.5)); same networks, batch, threads.
+- scaling: images/s of both loops for several batch sizes x torch threads, and of the reference for several
+  DataLoader worker counts.
+- quality: both loops train ``--quality-steps`` steps on Fashion-MNIST from the same seed; FID (legacy_tensorflow
+  Inception protocol) of ``--quality-samples`` samples of each against as many test images.
+
+    .venv/bin/python benchmarks/bench_train.py --variants --reference --threads 2          # a few minutes
+    .venv/bin/python benchmarks/bench_train.py --scaling --scaling-batches 32,64,128,256,512
+    .venv/bin/python benchmarks/bench_train.py --quality --quality-steps 300 --quality-samples 500
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ganops.config import TrainConfig
-from ganops.training.loop import training_loop
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_dcgan import reference_train  # noqa: E402
+
+from ganops.config import TrainConfig  # noqa: E402
+from ganops.training.loop import training_loop  # noqa: E402
 
 VARIANTS = {
     "fp32": dict(precision="fp32", channels_last=False),
@@ -30,71 +47,212 @@ VARIANTS = {
     "channels_last": dict(precision="fp32", channels_last=True),
     "bf16_channels_last": dict(precision="bf16", channels_last=True),
 }
+FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
-def _prepared(root: Path) -> Path:
-    rng = np.random.default_rng(0)
+# ----------------------------------------------------------------------------------------------------------------
+# Data and the two loops, each returning per-step seconds
+
+
+def fashion_mnist(split: str, n: int) -> np.ndarray:
+    """uint8 (n, 1, 28, 28) Fashion-MNIST images (``split`` = train | t10k), read straight from the IDX files."""
+    from ganops.data.source_fashion_mnist import read_idx_gz
+
+    return read_idx_gz(f"{FMNIST}/{split}-images-idx3-ubyte.gz")[:n, None]
+
+
+def make_prepared(root: Path, images: np.ndarray) -> Path:
+    """A minimal prepared directory (train.npz + summary.json) holding ``images`` as the train split."""
     out = root / "prepared"
-    out.mkdir()
-    images = rng.integers(0, 256, (2048, 1, 28, 28), dtype=np.uint8)
-    labels = (np.arange(2048) % 10).astype(np.int64)
+    out.mkdir(exist_ok=True)
+    labels = (np.arange(len(images)) % 10).astype(np.int64)
     np.savez(out / "train.npz", images=images, labels=labels)
     np.savez(out / "test.npz", images=images[:256], labels=labels[:256])
     (out / "summary.json").write_text(json.dumps({"num_classes": 10, "dataset_sha256": "bench"}))
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30, help="training steps per fp32 variant")
-    ap.add_argument("--log-every", type=int, default=5, help="steps per timing window (fp32 variants)")
-    ap.add_argument("--bf16-steps", type=int, default=3,
-                    help="steps per bf16 variant (one window each; bf16 is emulated and slow without AVX512-BF16/AMX)")
-    ap.add_argument("--budget-min", type=float, default=8.0, help="wall-clock budget for the total_kimg suggestion")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch default")
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats of the fp32 variants")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def run_ganops(prepared: Path, run_dir: Path, steps: int, batch_size: int, threads: int, seed: int = 0,
+               log_every: int = 1, **overrides) -> list[float]:
+    """Seconds per step of ``training_loop`` (one window per ``log_every`` steps) for ``steps`` steps."""
+    cfg = TrainConfig(batch_size=batch_size, total_kimg=steps * batch_size / 1000, log_every_steps=log_every,
+                      sample_every_kimg=1e6, checkpoint_every_kimg=1e6, device="cpu", run_dir=str(run_dir),
+                      num_threads=threads, **overrides)
+    training_loop(cfg, prepared_dir=prepared, seed=seed, progress=False)
+    lines = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines() if "sec_per_step" in x]
+    return [w["sec_per_step"] for w in lines]
+
+
+def run_reference(images: np.ndarray, steps: int, batch_size: int, threads: int, workers: int = 0,
+                  seed: int = 0) -> list[float]:
+    torch.set_num_threads(threads)
+    return reference_train(images, steps=steps, batch_size=batch_size, num_workers=workers, seed=seed)[1][
+        "sec_per_step"]
+
+
+def summarize(sec_per_step: list[float], batch_size: int, warmup: int = 1) -> dict:
+    timed = sec_per_step[warmup:] or sec_per_step
+    med = statistics.median(timed)
+    return {"sec_per_step_median": round(med, 4), "sec_per_step_min": round(min(timed), 4),
+            "images_per_s_median": round(batch_size / med, 2), "images_per_s_max": round(batch_size / min(timed), 2),
+            "timed_steps": len(timed)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sections
+
+
+def bench_variants(tmp: Path, steps: int, log_every: int, bf16_steps: int, repeats: int, threads: int,
+                   budget_min: float) -> dict:
+    prepared = make_prepared(tmp, np.random.default_rng(0).integers(0, 256, (2048, 1, 28, 28), dtype=np.uint8))
     windows: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    steps_run: dict[str, int] = dict.fromkeys(VARIANTS, 0)
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = _prepared(Path(tmp))
-        # Variants are interleaved (fp32, channels_last, fp32, ...) so that load from other processes hits each alike.
-        for rep in range(args.repeats):
-            for name, overrides in VARIANTS.items():
-                bf16 = overrides["precision"] == "bf16"
-                if bf16 and rep:
-                    continue
-                steps, log_every = (args.bf16_steps, 1) if bf16 else (args.steps, args.log_every)
-                run = Path(tmp) / f"{name}-{rep}"
-                cfg = TrainConfig(batch_size=64, total_kimg=steps * 64 / 1000, log_every_steps=log_every,
-                                  sample_every_kimg=1000, checkpoint_every_kimg=1000, device="cpu", run_dir=str(run),
-                                  **overrides)
-                training_loop(cfg, prepared_dir=prepared, seed=0, progress=False)
-                lines = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines() if "sec_per_step" in x]
-                windows[name] += [w["sec_per_step"] for w in (lines[1:] or lines)]  # first window = warm-up
-                steps_run[name] += steps
-    results = {
-        name: {"sec_per_step_median": statistics.median(w), "sec_per_step_min": min(w),
-               "images_per_s_median": 64 / statistics.median(w), "steps": steps_run[name]}
-        for name, w in windows.items()
-    }
-    base = results["fp32"]["sec_per_step_median"]
+    for rep in range(repeats):
+        for name, overrides in VARIANTS.items():
+            bf16 = overrides["precision"] == "bf16"
+            if bf16 and rep:
+                continue
+            n, every = (bf16_steps, 1) if bf16 else (steps, log_every)
+            w = run_ganops(prepared, tmp / f"var-{name}-{rep}", n, 64, threads, log_every=every, **overrides)
+            windows[name] += w[1:] or w  # first window = warm-up
+    results = {name: summarize(w, 64, warmup=0) for name, w in windows.items()}
+    base = results["fp32"]
     for r in results.values():
-        r["speedup_vs_fp32_median"] = base / r["sec_per_step_median"]
-        r["speedup_vs_fp32_min"] = results["fp32"]["sec_per_step_min"] / r["sec_per_step_min"]
-    print(json.dumps({
-        "model": "dcgan 28x28x1 z_dim=100 ngf=ndf=64 batch=64 (one D + one G step per step)",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "load_avg_1min": round(__import__("os").getloadavg()[0], 2),
-        "variants": results,
-        "suggested_total_kimg": {"budget_min": args.budget_min,
-                                 "fp32_median": round(args.budget_min * 60 / base * 64 / 1000, 1),
-                                 "fp32_uncontended": round(
-                                     args.budget_min * 60 / results["fp32"]["sec_per_step_min"] * 64 / 1000, 1)},
-    }, indent=2))
+        r["speedup_vs_fp32_median"] = round(base["sec_per_step_median"] / r["sec_per_step_median"], 3)
+        r["speedup_vs_fp32_min"] = round(base["sec_per_step_min"] / r["sec_per_step_min"], 3)
+    default = results["channels_last"]  # params.yaml default: fp32 + channels_last
+    return {"batch_size": 64, "variants": results, "suggested_total_kimg": {
+        "budget_min": budget_min,
+        "default_median": round(budget_min * 60 / default["sec_per_step_median"] * 64 / 1000, 1),
+        "default_uncontended": round(budget_min * 60 / default["sec_per_step_min"] * 64 / 1000, 1)}}
+
+
+def bench_reference(tmp: Path, steps: int, repeats: int, threads: int, workers: int, batch_size: int = 64) -> dict:
+    images = fashion_mnist("train", 8192)
+    prepared = make_prepared(tmp, images)
+    times: dict[str, list[float]] = {"ganops": [], "reference": []}
+    for rep in range(repeats):  # interleaved: ganops, reference, ganops, reference, ...
+        times["ganops"] += run_ganops(prepared, tmp / f"ref-g-{rep}", steps, batch_size, threads)[2:]
+        times["reference"] += run_reference(images, steps, batch_size, threads, workers)[2:]
+    out = {k: summarize(v, batch_size, warmup=0) for k, v in times.items()}
+    return {"batch_size": batch_size, "threads": threads, "reference_workers": workers, **out,
+            "speedup_median": round(out["reference"]["sec_per_step_median"] / out["ganops"]["sec_per_step_median"], 3),
+            "speedup_min": round(out["reference"]["sec_per_step_min"] / out["ganops"]["sec_per_step_min"], 3),
+            "target": 1.5}
+
+
+def bench_scaling(tmp: Path, batches: list[int], threads_list: list[int], workers_list: list[int],
+                  steps: int) -> dict:
+    images = fashion_mnist("train", 8192)
+    prepared = make_prepared(tmp, images)
+    rows = []
+    for threads in threads_list:
+        for b in batches:
+            g = summarize(run_ganops(prepared, tmp / f"sc-{threads}-{b}", steps, b, threads), b)
+            r = summarize(run_reference(images, steps, b, threads, 0), b)
+            rows.append({"batch_size": b, "threads": threads, "ganops_images_per_s": g["images_per_s_median"],
+                         "reference_images_per_s": r["images_per_s_median"],
+                         "speedup": round(r["sec_per_step_median"] / g["sec_per_step_median"], 3)})
+            print(json.dumps({"scaling_row": rows[-1]}), file=sys.stderr, flush=True)
+    workers_rows = []
+    for workers in workers_list:
+        r = summarize(run_reference(images, steps, 64, max(threads_list), workers), 64)
+        workers_rows.append({"batch_size": 64, "threads": max(threads_list), "workers": workers,
+                             "reference_images_per_s": r["images_per_s_median"]})
+    return {"steps_per_point": steps, "rows": rows, "reference_workers": workers_rows}
+
+
+def bench_quality(tmp: Path, steps: int, samples: int, threads: int, seed: int = 0) -> dict:
+    from ganops.metrics.fid import fid_from_features
+    from ganops.metrics.inception import load_feature_extractor
+    from ganops.metrics.preprocess import quantize_to_uint8
+    from ganops.training.sampling import iter_samples
+    from ganops.training.snapshot import load_generator
+
+    images = fashion_mnist("train", 60000)
+    prepared = make_prepared(tmp, images)
+    t = time.perf_counter()
+    run_ganops(prepared, tmp / "q-ganops", steps, 64, threads, seed=seed, log_every=50)
+    t_ganops = time.perf_counter() - t
+    torch.set_num_threads(threads)
+    t = time.perf_counter()
+    G_ref = reference_train(images, steps=steps, batch_size=64, seed=seed)[0].eval()
+    t_ref = time.perf_counter() - t
+    G_ganops = load_generator(tmp / "q-ganops" / "network-snapshot.pt")[0]
+
+    extractor = load_feature_extractor()
+
+    def feats(G: torch.nn.Module) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.cat(list(iter_samples(G, samples, seed=seed + 1, batch_size=100)))
+        return extractor.features(quantize_to_uint8(x), "legacy_tensorflow")
+
+    t = time.perf_counter()
+    real = extractor.features(fashion_mnist("t10k", samples), "legacy_tensorflow")
+    fid_ganops, fid_ref = fid_from_features(feats(G_ganops), real), fid_from_features(feats(G_ref), real)
+    return {"steps": steps, "batch_size": 64, "threads": threads, "num_samples": samples, "seed": seed,
+            "metric": f"FID legacy_tensorflow, {samples} generated vs {samples} Fashion-MNIST test images",
+            "fid_ganops_G_ema": round(fid_ganops, 2), "fid_reference_G": round(fid_ref, 2),
+            "fid_delta": round(fid_ganops - fid_ref, 2), "train_wall_s_ganops": round(t_ganops, 1),
+            "train_wall_s_reference": round(t_ref, 1), "fid_wall_s": round(time.perf_counter() - t, 1)}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "load_avg_1min": round(os.getloadavg()[0], 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for variants/reference/quality")
+    ap.add_argument("--variants", action="store_true")
+    ap.add_argument("--steps", type=int, default=30, help="variants: training steps per fp32 variant")
+    ap.add_argument("--log-every", type=int, default=5, help="variants: steps per timing window")
+    ap.add_argument("--bf16-steps", type=int, default=3, help="variants: steps per bf16 variant (slow w/o AMX)")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats (variants, reference)")
+    ap.add_argument("--budget-min", type=float, default=8.0, help="variants: budget for the total_kimg suggestion")
+    ap.add_argument("--reference", action="store_true")
+    ap.add_argument("--reference-steps", type=int, default=20)
+    ap.add_argument("--reference-workers", type=int, default=0, help="DataLoader workers of the reference")
+    ap.add_argument("--scaling", action="store_true")
+    ap.add_argument("--scaling-batches", default="32,64,128,256,512")
+    ap.add_argument("--scaling-threads", default="1,2")
+    ap.add_argument("--scaling-workers", default="0,1,2")
+    ap.add_argument("--scaling-steps", type=int, default=4)
+    ap.add_argument("--quality", action="store_true")
+    ap.add_argument("--quality-steps", type=int, default=300)
+    ap.add_argument("--quality-samples", type=int, default=500)
+    args = ap.parse_args()
+
+    def ints(s: str) -> list[int]:
+        return [int(v) for v in s.split(",")]
+
+    result: dict = {"model": "dcgan 28x28x1 z_dim=100 ngf=ndf=64 (one D + one G step per step)", **machine()}
+    with tempfile.TemporaryDirectory() as tmp_str:
+        tmp = Path(tmp_str)
+        sections = [
+            ("variants", args.variants, lambda: bench_variants(tmp, args.steps, args.log_every, args.bf16_steps,
+                                                                args.repeats, args.threads, args.budget_min)),
+            ("reference", args.reference, lambda: bench_reference(tmp, args.reference_steps, args.repeats,
+                                                                  args.threads, args.reference_workers)),
+            ("scaling", args.scaling, lambda: bench_scaling(tmp, ints(args.scaling_batches),
+                                                            ints(args.scaling_threads), ints(args.scaling_workers),
+                                                            args.scaling_steps)),
+            ("quality", args.quality, lambda: bench_quality(tmp, args.quality_steps, args.quality_samples,
+                                                            args.threads)),
+        ]
+        for name, wanted, run in sections:
+            if wanted:
+                t = time.perf_counter()
+                result[name] = {**run(), "section_wall_s": round(time.perf_counter() - t, 1)}
+                print(json.dumps({name: result[name]}), file=sys.stderr, flush=True)  # progress for long runs
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
