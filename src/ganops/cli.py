@@ -38,7 +38,7 @@ def _fail(stage: str, err: BaseException) -> None:
 
 def _is_user_error(err: BaseException) -> bool:
     """Errors raised on purpose by ganops (bad params, bad data, divergence) are shown without a traceback."""
-    if isinstance(err, (ConfigError, FileNotFoundError, PermissionError)):
+    if isinstance(err, (ConfigError, OSError)):  # missing files, permissions, disk full, bad output paths
         return True
     return type(err).__module__.startswith("ganops.")
 
