@@ -1,0 +1,216 @@
+"""Run the benchmark suite with quick settings (<= 30 minutes on 2 cores) and write the results.
+
+Writes, next to this file:
+    results.json   every section's JSON + date, machine (CPU model, cores, torch), settings, and a ``targets``
+                   table (each ratio / time against its target)
+    results.md     the same as Markdown tables
+    scaling.png    training images/s vs batch size (ganops vs reference, 1 and 2 threads) and FID wall time vs N
+
+Each benchmark runs in its own interpreter (bench_train.py, bench_metrics.py, bench_orchestration.py); a section
+that fails is recorded with its error and the others still run.
+
+    .venv/bin/python benchmarks/run_all.py            # or: make bench
+    .venv/bin/python benchmarks/run_all.py --only train_reference,metrics
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+FID_NS = (1000, 5000, 10000)
+
+# name -> (argv, timeout seconds). Quick settings: see each script's --help for the full ones.
+SUITE: dict[str, tuple[list[str], int]] = {
+    "train_reference": ([str(HERE / "bench_train.py"), "--threads", "2", "--variants", "--steps", "10",
+                         "--log-every", "5", "--bf16-steps", "2", "--repeats", "2", "--reference",
+                         "--reference-steps", "15"], 900),
+    "train_scaling": ([str(HERE / "bench_train.py"), "--scaling", "--scaling-steps", "4"], 900),
+    "train_quality": ([str(HERE / "bench_train.py"), "--threads", "2", "--quality", "--quality-steps", "200",
+                       "--quality-samples", "300"], 1200),
+    "metrics": ([str(HERE / "bench_metrics.py"), "--features", "16", "--sqrt", "--memory"], 900),
+    "orchestration": ([str(HERE / "bench_orchestration.py"), "--pipeline"], 1200),
+}
+
+
+def run_section(argv: list[str], timeout_s: int) -> dict:
+    t = time.perf_counter()
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    try:
+        proc = subprocess.run([PY, *argv], capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s} s", "wall_s": round(time.perf_counter() - t, 1)}
+    if proc.returncode:
+        return {"error": f"exit code {proc.returncode}", "stderr_tail": proc.stderr[-3000:],
+                "wall_s": round(time.perf_counter() - t, 1)}
+    return {**json.loads(proc.stdout), "wall_s": round(time.perf_counter() - t, 1)}
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_avg_at_start": [round(v, 2) for v in os.getloadavg()]}
+
+
+def fid_time_estimate(metrics: dict) -> dict:
+    """FID wall time for N in FID_NS, extrapolated from the measured eager Inception throughput (img/s) and the
+    measured d=2048 trace-sqrt time: N generated images (+ N real ones when the reference stats are not cached)."""
+    ips, sqrt_s = metrics["features"]["eager_fp32_img_per_s"], metrics["sqrt"]["eigh_s"]
+    return {"basis": f"extrapolated: {ips} img/s eager fp32 Inception (measured on "
+                     f"{metrics['features']['num_images']} images) + {sqrt_s} s tr-sqrt",
+            **{f"n{n}": {"cached_ref_s": round(n / ips + sqrt_s, 1), "uncached_ref_s": round(2 * n / ips + sqrt_s, 1)}
+               for n in FID_NS}}
+
+
+def _get(d: dict, *keys: str):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def targets(res: dict) -> list[dict]:
+    """Each measured figure against its target (None where the section failed)."""
+    ref = _get(res, "train_reference", "reference") or {}
+    q = _get(res, "train_quality", "quality") or {}
+    pipe = _get(res, "orchestration", "pipeline") or {}
+    rows = [
+        {"what": "training speedup vs pytorch/examples-style loop (median step, batch 64, 2 threads)",
+         "value": ref.get("speedup_median"), "target": ">= 1.5", "ok": _ge(ref.get("speedup_median"), 1.5)},
+        {"what": "same, least-contended step (min)", "value": ref.get("speedup_min"), "target": ">= 1.5",
+         "ok": _ge(ref.get("speedup_min"), 1.5)},
+        {"what": f"FID at equal steps: ganops - reference ({q.get('steps')} steps, {q.get('num_samples')} samples)",
+         "value": q.get("fid_delta"), "target": "<= 0 (no loss of FID)",
+         "ok": None if q.get("fid_delta") is None else q["fid_delta"] <= 0},
+        {"what": "Prefect flow overhead s (flow wall - sum of stage dvc repro walls)",
+         "value": pipe.get("flow_overhead_s"), "target": "<= 30", "ok": _le(pipe.get("flow_overhead_s"), 30)},
+        {"what": "Prefect flow with every stage up to date, wall s", "value": pipe.get("flow_noop_wall_s"),
+         "target": "<= 30", "ok": _le(pipe.get("flow_noop_wall_s"), 30)},
+        {"what": "no-op dvc repro wall s", "value": pipe.get("dvc_repro_noop_wall_s"), "target": "<= 10",
+         "ok": _le(pipe.get("dvc_repro_noop_wall_s"), 10)},
+    ]
+    return rows
+
+
+def _ge(v, t):
+    return None if v is None else v >= t
+
+
+def _le(v, t):
+    return None if v is None else v <= t
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# ganops benchmarks ({res['date']})", "",
+             f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, torch {res['machine']['torch']} "
+             f"({res['machine']['cpu_capability']}), load average at start {res['machine']['load_avg_at_start']}.",
+             "", "| figure | measured | target | met |", "|---|---|---|---|"]
+    lines += [f"| {r['what']} | {r['value']} | {r['target']} | {r['ok']} |" for r in res["targets"]]
+    rows = _get(res, "train_scaling", "scaling", "rows")
+    if rows:
+        lines += ["", "## Training throughput (images/s, median step)", "",
+                  "| batch | threads | ganops | reference | speedup |", "|---|---|---|---|---|"]
+        lines += [f"| {r['batch_size']} | {r['threads']} | {r['ganops_images_per_s']} | {r['reference_images_per_s']}"
+                  f" | {r['speedup']} |" for r in rows]
+        wr = _get(res, "train_scaling", "scaling", "reference_workers") or []
+        lines += ["", "| reference DataLoader workers (batch 64) | threads | images/s |", "|---|---|---|"]
+        lines += [f"| {r['workers']} | {r['threads']} | {r['reference_images_per_s']} |" for r in wr]
+    var = _get(res, "train_reference", "variants", "variants")
+    if var:
+        lines += ["", "## ganops loop variants (batch 64)", "", "| variant | images/s | speedup vs fp32 |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {v['images_per_s_median']} | {v['speedup_vs_fp32_median']} |" for k, v in var.items()]
+    fid = res.get("fid_time")
+    if fid and "basis" in fid:
+        lines += ["", f"## FID wall time ({fid['basis']})", "", "| N | cached ref stats (s) | uncached (s) |",
+                  "|---|---|---|"]
+        lines += [f"| {n} | {fid[f'n{n}']['cached_ref_s']} | {fid[f'n{n}']['uncached_ref_s']} |" for n in FID_NS]
+    imports = _get(res, "orchestration", "imports")
+    if imports:
+        lines += ["", "## Import / start-up seconds (-X importtime cumulative; interpreter wall)", "",
+                  "| module | import s | wall s |", "|---|---|---|"]
+        lines += [f"| {k} | {v.get('import_s', '')} | {v.get('interpreter_wall_s', v.get('wall_s'))} |"
+                  for k, v in imports.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    rows = _get(res, "train_scaling", "scaling", "rows") or []
+    for threads in sorted({r["threads"] for r in rows}):
+        sel = [r for r in rows if r["threads"] == threads]
+        bs = [r["batch_size"] for r in sel]
+        ax1.plot(bs, [r["ganops_images_per_s"] for r in sel], "o-", label=f"ganops, {threads} thr")
+        ax1.plot(bs, [r["reference_images_per_s"] for r in sel], "s--", label=f"reference, {threads} thr")
+    ax1.set_xscale("log", base=2)
+    ax1.minorticks_off()
+    ax1.set(xlabel="batch size", ylabel="training images/s (median step)",
+            title="DCGAN 28x28 training throughput")
+    ax1.set_xticks([32, 64, 128, 256, 512], labels=["32", "64", "128", "256", "512"])
+    ax1.legend(fontsize=8)
+    fid = res.get("fid_time") or {}
+    if "basis" in fid:
+        ax2.plot(FID_NS, [fid[f"n{n}"]["cached_ref_s"] / 60 for n in FID_NS], "o-", label="ref stats cached")
+        ax2.plot(FID_NS, [fid[f"n{n}"]["uncached_ref_s"] / 60 for n in FID_NS], "s--", label="uncached")
+        ax2.set(xlabel="generated samples N", ylabel="minutes (extrapolated)", title="FID wall time")
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help=f"comma list of sections (default all): {', '.join(SUITE)}")
+    ap.add_argument("--out-dir", default=str(HERE))
+    args = ap.parse_args()
+    wanted = [s for s in args.only.split(",") if s] or list(SUITE)
+    unknown = sorted(set(wanted) - set(SUITE))
+    if unknown:
+        sys.exit(f"unknown section(s) {unknown}; valid: {', '.join(SUITE)}")
+    out = Path(args.out_dir)
+    # --only re-runs some sections and keeps the others' last results.
+    res: dict = json.loads((out / "results.json").read_text()) if args.only and (out / "results.json").is_file() else {}
+    res.update({"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine()})
+    res.setdefault("settings", {}).update({name: " ".join(Path(a).name if a.startswith("/") else a
+                                                          for a in SUITE[name][0]) for name in wanted})
+    t0 = time.perf_counter()
+    for name in wanted:
+        print(f"[run_all] {name} ...", file=sys.stderr, flush=True)
+        res[name] = run_section(*SUITE[name])
+        print(f"[run_all] {name}: {res[name].get('error', 'ok')} ({res[name]['wall_s']} s)", file=sys.stderr,
+              flush=True)
+    if "error" not in res.get("metrics", {"error": 1}):
+        res["fid_time"] = fid_time_estimate(res["metrics"])
+    res["targets"] = targets(res)
+    res["total_wall_s"] = round(time.perf_counter() - t0, 1)
+    (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(res))
+    plot(res, out / "scaling.png")
+    print(json.dumps(res["targets"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
