@@ -22,7 +22,9 @@ TINY_PARAMS: dict[str, Any] = {
     "experiment": "ganops-e2e",
     "prepare": {"max_train": 300, "max_test": 100},
     "train": {"ngf": 16, "ndf": 16, "batch_size": 32, "total_kimg": 0.5, "sample_every_kimg": 0.25,
-              "checkpoint_every_kimg": 0.25, "grid_size": 4, "num_threads": 2, "mode_collapse_num_images": 16},
+              "checkpoint_every_kimg": 0.25, "grid_size": 4, "num_threads": 2, "mode_collapse_num_images": 16,
+              # DVC experiments that change the architecture/loss start training afresh (see TrainConfig).
+              "on_config_change": "restart"},
     "evaluate": {"num_samples": 100, "batch_size": 50, "kid_subsets": 10, "kid_subset_size": 50},
 }
 
@@ -39,6 +41,10 @@ def project_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "GANOPS_MLFLOW_RUN_ID")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(MLFLOW_DISABLE_TELEMETRY="true", GX_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    # `dvc exp run` commits experiment refs: give git an identity that does not depend on the machine's config.
+    for who in ("AUTHOR", "COMMITTER"):
+        env.setdefault(f"GIT_{who}_NAME", "ganops-e2e")
+        env.setdefault(f"GIT_{who}_EMAIL", "e2e@ganops.local")
     return env
 
 

@@ -1,4 +1,6 @@
-"""``dvc repro`` of the whole pipeline in a fresh copy: every stage runs, the model is registered, a rerun is a no-op."""
+"""``dvc repro`` of the whole pipeline in a fresh copy: every stage runs, the model is registered, a rerun is a no-op;
+then a DVC experiment with another loss, and a ``dvc push`` / ``git clone`` / ``dvc pull`` round trip through the
+default local remote (one pipeline run serves all of it: the e2e budget is a full pipeline per test)."""
 
 from __future__ import annotations
 
@@ -72,3 +74,46 @@ def test_dvc_repro_fresh_copy_then_noop(tiny_project):
     # Nothing the pipeline wrote is left untracked by git (outputs are ignored or DVC-tracked).
     porcelain = run(["git", "status", "--porcelain", "--untracked-files=all"], tiny_project).stdout.splitlines()
     assert [line for line in porcelain if not line.endswith("dvc.lock")] == []
+
+
+def _tree_sha256(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_dvc_experiment_with_another_loss_then_push_clone_pull(tiny_project):
+    client = tracking_client(tiny_project)
+    run(["dvc", "repro"], tiny_project)
+    first = json.loads((tiny_project / "reports/registration.json").read_text())
+
+    # runs/train is persisted (resume), so the experiment finds a non_saturating training state there; with
+    # train.on_config_change=restart it trains hinge from scratch instead of failing with ResumeMismatchError.
+    exp = run(["dvc", "exp", "run", "-S", "train.loss=hinge", "-n", "hinge"], tiny_project)
+    for stage in ("train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in exp.stdout
+    assert "Running stage 'prepare'" not in exp.stdout
+    train = json.loads((tiny_project / "runs/train/train.json").read_text())
+    options = json.loads((tiny_project / "runs/train/training_options.json").read_text())
+    assert train["resumed_from_step"] is None and options["loss"] == "hinge" and options["arch_config"]["loss"] == "hinge"
+    second = json.loads((tiny_project / "reports/registration.json").read_text())
+    assert second["version"] == first["version"] + 1 and second["snapshot_sha256"] != first["snapshot_sha256"]
+    assert client.get_model_version(second["model_name"], str(second["version"])).tags["loss"] == "hinge"
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], tiny_project).stdout)
+    assert "hinge" in json.dumps(shown)
+
+    # Keep the experiment in git, push its data to the default remote (a sibling folder), restore it in a clone.
+    run(["git", "add", "dvc.lock", "params.yaml"], tiny_project)
+    run(["git", "commit", "-qm", "hinge experiment"], tiny_project)
+    remote = tiny_project.parent / "ganops-dvc-remote"
+    assert "local" in run(["dvc", "remote", "list"], tiny_project).stdout
+    run(["dvc", "push"], tiny_project)
+    assert any(remote.rglob("*")), f"dvc push wrote nothing under {remote}"
+    clone = tiny_project.parent / "clone"
+    run(["git", "clone", "-q", str(tiny_project), str(clone)], tiny_project.parent)
+    assert not (clone / "data/prepared").exists() and not (clone / "runs/train").exists()
+    run(["dvc", "pull"], clone)
+    for out in ("data/prepared", "runs/train", "reports/validation"):
+        assert _tree_sha256(clone / out) == _tree_sha256(tiny_project / out), out
+    status = run(["dvc", "status"], clone)
+    assert "changed" not in status.stdout, status.stdout
+    # The restored snapshot is the registered hinge model.
+    assert sha256_file(clone / "runs/train/network-snapshot.pt") == second["snapshot_sha256"]
