@@ -26,7 +26,8 @@ def prefect_harness():
     """A throwaway Prefect server + database for the whole session (only for tests that run flows)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # A fresh server migrates its database first: well over Prefect's 30 s default on a busy 2-core machine.
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 
