@@ -266,5 +266,10 @@ if __name__ == "__main__":
     cli = argparse.ArgumentParser(description="Run the ganops DVC stages as a Prefect flow.")
     cli.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
                      help="params.yaml override, e.g. -S train.loss=hinge (repeatable)")
-    result = ganops_pipeline(overrides=parse_set_args(cli.parse_args().set_param) or None)
+    try:
+        result = ganops_pipeline(overrides=parse_set_args(cli.parse_args().set_param) or None)
+    except (StageFailed, ConfigError) as err:
+        # Prefect has already logged the full state; the user needs the failing stage and its message.
+        print(f"ganops pipeline failed: {err}", file=sys.stderr)
+        sys.exit(1)
     print(json.dumps({k: v for k, v in result.items() if k != "eval"}, indent=2, default=str))
