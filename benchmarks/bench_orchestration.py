@@ -4,6 +4,8 @@ Prints one JSON object with sections:
 - imports: ``python -X importtime -c "import <mod>"`` cumulative seconds of each heavy module (torch, mlflow, prefect,
   great_expectations, dvc, ganops modules) and the wall time of that interpreter (best of ``--repeats``), plus
   ``ganops --help`` (what every DVC stage pays before its work).
+- prefect_server: import prefect + start/stop of Prefect's temporary server (what a flow run without
+  PREFECT_API_URL pays up front).
 - pipeline (``--pipeline``): in a fresh git copy of the tracked files with the e2e tests' tiny params:
   1. ``python flows/pipeline.py``: every stage runs; overhead = flow wall time - sum of the stages' ``dvc repro``
      wall times (Prefect's temporary server, task runs, the MLflow pipeline run, the artifact);
@@ -82,6 +84,28 @@ def bench_imports(repeats: int) -> dict:
     return out
 
 
+PREFECT_PHASES = """
+import json, time
+t0 = time.perf_counter()
+import prefect
+t1 = time.perf_counter()
+from prefect.server.api.server import SubprocessASGIServer
+server = SubprocessASGIServer()
+server.start(timeout=180)
+t2 = time.perf_counter()
+server.stop()
+print(json.dumps({"import_prefect_s": round(t1 - t0, 2), "temporary_server_start_s": round(t2 - t1, 2),
+                  "temporary_server_stop_s": round(time.perf_counter() - t2, 2)}))
+"""
+
+
+def bench_prefect_server() -> dict:
+    """What a flow run without PREFECT_API_URL pays before its first task: import prefect, start the temporary
+    server (a subprocess running uvicorn + the API on SQLite), and stop it at exit."""
+    wall, proc = timed([sys.executable, "-c", PREFECT_PHASES], REPO)
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "interpreter_wall_s": round(wall, 2)}
+
+
 def tiny_copy(dest: Path) -> Path:
     """A fresh git repository holding the tracked files and params.yaml merged with TINY_PARAMS."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
@@ -139,7 +163,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="import timings: best of N interpreters")
     ap.add_argument("--pipeline", action="store_true", help="also run the tiny pipeline through Prefect and DVC")
     args = ap.parse_args()
-    result: dict = {"imports": bench_imports(args.repeats)}
+    result: dict = {"imports": bench_imports(args.repeats), "prefect_server": bench_prefect_server()}
     print(json.dumps({"imports": result["imports"]}), file=sys.stderr, flush=True)
     if args.pipeline:
         with tempfile.TemporaryDirectory() as tmp:
