@@ -10,7 +10,9 @@ Policy (the ``register`` stage):
   version tag ``fid``, else its run's ``fid`` metric) *measured the same way* (same protocol, number of samples
   and dataset); otherwise ``challenger``. FIDs from different protocols or sample counts are not comparable
   (FID is biased in the sample count: Chong & Forsyth, "Effectively Unbiased FID", CVPR 2020), so such a model
-  never silently replaces a champion.
+  never silently replaces a champion. A champion displaced by a better version becomes ``challenger``. The
+  read-decide-write of the aliases holds an inter-process lock (:func:`_alias_lock`), so concurrent registrations
+  end consistent: the best comparable FID holds ``champion``.
 
 Each version carries a model card (description + tags): FID/KID with protocol and sample count, dataset sha256,
 git commit, DVC data version (md5 of the prepared directory in ``dvc.lock``), training wall time, and the sample
@@ -355,12 +357,44 @@ def _log_and_register(cfg: RegisterConfig, client: Any, run_id: str, run_dir: Pa
         tags["sample_grid"] = f"{root}/artifacts/{SAMPLE_GRID_FILE}"
     mv = mlflow.register_model(info.model_uri, cfg.model_name, tags=tags)
     client.update_model_version(cfg.model_name, mv.version, description=_model_card(cfg.model_name, meta, ev, tags))
-    champion = _champion(client, cfg.model_name)
-    alias, reason = choose_alias(float(ev["fid"]), tags, _version_fid(client, champion) if champion else None,
-                                 dict(champion.tags) if champion else None)
-    client.set_registered_model_alias(cfg.model_name, alias, mv.version)
+    # Read the champion, decide and move the aliases as one critical section: two registrations at once must not
+    # both see "no champion" and both claim it.
+    with _alias_lock(client.tracking_uri):
+        champion = _champion(client, cfg.model_name)
+        alias, reason = choose_alias(float(ev["fid"]), tags, _version_fid(client, champion) if champion else None,
+                                     dict(champion.tags) if champion else None)
+        client.set_registered_model_alias(cfg.model_name, alias, mv.version)
+        if alias == "champion" and champion is not None and str(champion.version) != str(mv.version):
+            # The displaced champion stays reachable as the runner-up.
+            client.set_registered_model_alias(cfg.model_name, "challenger", champion.version)
     log.info("registered %s version %s as @%s (%s)", cfg.model_name, mv.version, alias, reason)
     return _record(cfg, mv, alias, reason, ev, snapshot_sha, info.model_uri, True, run_id)
+
+
+@contextlib.contextmanager
+def _alias_lock(uri: str) -> Iterator[None]:
+    """An exclusive inter-process lock around alias decisions for one tracking store.
+
+    For a SQLite store the lock file sits beside the database, so every process using that store shares it. For a
+    remote tracking server it is a per-host lock file (keyed by the URI): registrations from several machines at
+    the same instant are not serialised by it.
+    """
+    import fcntl
+    import hashlib
+    import tempfile
+
+    if uri.startswith("sqlite:///"):
+        lock_path = Path(uri[len("sqlite:///"):] + ".ganops-alias.lock")
+    else:
+        digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        lock_path = Path(tempfile.gettempdir()) / f"ganops-alias-{digest}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _record(cfg: RegisterConfig, mv: Any, alias: str | None, reason: str, ev: dict[str, Any], snapshot_sha: str,

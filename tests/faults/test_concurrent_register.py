@@ -46,8 +46,6 @@ _CHILD = textwrap.dedent("""
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="registry.register reads the champion and sets the alias without a lock: "
-                   "two concurrent registrations can leave the worse FID as champion (proposed fix in the report)")
 def test_two_concurrent_registrations_leave_the_better_fid_champion(tmp_path, migrated_mlflow_db):
     shutil.copy(migrated_mlflow_db, tmp_path / "mlflow.db")
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "GANOPS_MLFLOW_RUN_ID")}

@@ -151,7 +151,8 @@ def test_register_idempotent_champion_challenger_and_pyfunc_output(project, tmp_
         ref = (G(latents(3, 8, seed=7), None) * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
     assert np.abs(out[:3].astype(int) - ref.numpy().astype(int)).max() <= 1  # float rounding of batched convs
 
-    # A worse snapshot becomes challenger; a better one takes the champion alias.
+    # A worse snapshot becomes challenger; a better one takes the champion alias and the displaced champion
+    # (FID 20, the runner-up) becomes challenger.
     sha2 = _write_snapshot(run_dir, 1)
     _write_eval(eval_json, 25.0, sha2)
     assert register(cfg, run_dir=run_dir, eval_json=eval_json)["alias"] == "challenger"
@@ -160,7 +161,7 @@ def test_register_idempotent_champion_challenger_and_pyfunc_output(project, tmp_
     rec3 = register(cfg, run_dir=run_dir, eval_json=eval_json)
     assert (rec3["version"], rec3["alias"]) == (3, "champion")
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == 3
-    assert int(client.get_model_version_by_alias(MODEL, "challenger").version) == 2
+    assert int(client.get_model_version_by_alias(MODEL, "challenger").version) == 1
 
 
 def test_generate_images_conditional_rows_follow_class_label_and_seed():
