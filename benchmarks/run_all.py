@@ -170,7 +170,8 @@ def plot(res: dict, path: Path) -> None:
     ax1.set(xlabel="batch size", ylabel="training images/s (median step)",
             title="DCGAN 28x28 training throughput")
     ax1.set_xticks([32, 64, 128, 256, 512], labels=["32", "64", "128", "256", "512"])
-    ax1.legend(fontsize=8)
+    if rows:
+        ax1.legend(fontsize=8)
     fid = res.get("fid_time") or {}
     if "basis" in fid:
         ax2.plot(FID_NS, [fid[f"n{n}"]["cached_ref_s"] / 60 for n in FID_NS], "o-", label="ref stats cached")
@@ -202,6 +203,7 @@ def main() -> None:
         res[name] = run_section(*SUITE[name])
         print(f"[run_all] {name}: {res[name].get('error', 'ok')} ({res[name]['wall_s']} s)", file=sys.stderr,
               flush=True)
+        (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")  # keep finished sections if killed
     if "error" not in res.get("metrics", {"error": 1}):
         res["fid_time"] = fid_time_estimate(res["metrics"])
     res["targets"] = targets(res)
