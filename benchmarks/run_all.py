@@ -35,8 +35,8 @@ SUITE: dict[str, tuple[list[str], int]] = {
                          "--log-every", "5", "--bf16-steps", "2", "--repeats", "2", "--reference",
                          "--reference-steps", "15"], 900),
     "train_scaling": ([str(HERE / "bench_train.py"), "--scaling", "--scaling-steps", "4"], 900),
-    "train_quality": ([str(HERE / "bench_train.py"), "--threads", "2", "--quality", "--quality-steps", "200",
-                       "--quality-samples", "300"], 1200),
+    "train_quality": ([str(HERE / "bench_train.py"), "--threads", "2", "--quality", "--quality-steps", "100",
+                       "--quality-samples", "200"], 1500),
     "metrics": ([str(HERE / "bench_metrics.py"), "--features", "16", "--sqrt", "--memory"], 900),
     "orchestration": ([str(HERE / "bench_orchestration.py"), "--pipeline"], 1200),
 }
