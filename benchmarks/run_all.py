@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -46,10 +47,16 @@ def run_section(argv: list[str], timeout_s: int) -> dict:
     t = time.perf_counter()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    # Own session, so that a timeout kills the benchmark's own children too (they would hold the pipes open).
+    child = subprocess.Popen([PY, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
     try:
-        proc = subprocess.run([PY, *argv], capture_output=True, text=True, timeout=timeout_s, env=env)
+        stdout, stderr = child.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
         return {"error": f"timed out after {timeout_s} s", "wall_s": round(time.perf_counter() - t, 1)}
+    proc = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     if proc.returncode:
         return {"error": f"exit code {proc.returncode}", "stderr_tail": proc.stderr[-3000:],
                 "wall_s": round(time.perf_counter() - t, 1)}
