@@ -38,7 +38,8 @@ SUITE: dict[str, tuple[list[str], int]] = {
     "train_scaling": ([str(HERE / "bench_train.py"), "--scaling", "--scaling-steps", "4"], 900),
     "train_quality": ([str(HERE / "bench_train.py"), "--threads", "2", "--quality", "--quality-steps", "100",
                        "--quality-samples", "200"], 1500),
-    "metrics": ([str(HERE / "bench_metrics.py"), "--features", "8", "--sqrt", "--memory", "--memory-ns", "11000,20000"], 900),
+    "metrics": ([str(HERE / "bench_metrics.py"), "--features", "8", "--sqrt", "--memory",
+                 "--memory-ns", "11000,20000"], 900),
     "orchestration": ([str(HERE / "bench_orchestration.py"), "--pipeline"], 1200),
 }
 
