@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine  # noqa: E402
 from reference_dcgan import reference_train  # noqa: E402
 
 from ganops.config import TrainConfig  # noqa: E402
@@ -194,18 +193,6 @@ def bench_quality(tmp: Path, steps: int, samples: int, threads: int, seed: int =
             "fid_ganops_G_ema": round(fid_ganops, 2), "fid_reference_G": round(fid_ref, 2),
             "fid_delta": round(fid_ganops - fid_ref, 2), "train_wall_s_ganops": round(t_ganops, 1),
             "train_wall_s_reference": round(t_ref, 1), "fid_wall_s": round(time.perf_counter() - t, 1)}
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
 def main() -> None:

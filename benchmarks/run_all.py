@@ -19,12 +19,14 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -62,19 +64,6 @@ def run_section(argv: list[str], timeout_s: int) -> dict:
         return {"error": f"exit code {proc.returncode}", "stderr_tail": proc.stderr[-3000:],
                 "wall_s": round(time.perf_counter() - t, 1)}
     return {**json.loads(proc.stdout), "wall_s": round(time.perf_counter() - t, 1)}
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "load_avg_at_start": [round(v, 2) for v in os.getloadavg()]}
 
 
 def fid_time_estimate(metrics: dict) -> dict:
