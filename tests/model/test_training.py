@@ -21,7 +21,7 @@ from ganops.training import loop as loop_mod
 from ganops.training.loop import training_loop
 from ganops.training.snapshot import ResumeMismatchError, TrainingDivergedError, load_generator, load_torch
 
-from .conftest import tiny_cfg, write_prepared
+from .conftest import tiny_cfg
 
 
 def _state(run_dir: Path) -> dict:
