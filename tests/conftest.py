@@ -21,6 +21,20 @@ for _key, _value in {
 os.environ.pop("GANOPS_MLFLOW_RUN_ID", None)
 
 
+@pytest.fixture(autouse=True)
+def _isolated_tracking_env(monkeypatch):
+    """Each test starts without MLFLOW_TRACKING_URI / GANOPS_MLFLOW_RUN_ID.
+
+    ``mlflow.set_tracking_uri`` also writes ``os.environ["MLFLOW_TRACKING_URI"]``, so one test's store would
+    otherwise become every later test's default (and their subprocesses' too).
+    """
+    for key in ("MLFLOW_TRACKING_URI", "GANOPS_MLFLOW_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    yield
+    for key in ("MLFLOW_TRACKING_URI", "GANOPS_MLFLOW_RUN_ID"):
+        os.environ.pop(key, None)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A throwaway Prefect server + database for the whole session (only for tests that run flows)."""
