@@ -56,3 +56,17 @@ def migrated_mlflow_db(tmp_path_factory):
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()  # creates and migrates the tables
     return path
+
+
+@pytest.fixture()
+def mlflow_project(tmp_path, monkeypatch, migrated_mlflow_db):
+    """cwd = an empty project root holding a migrated ``mlflow.db``; active MLflow runs are ended afterwards."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(migrated_mlflow_db, tmp_path / "mlflow.db")
+    yield tmp_path
+    import mlflow
+
+    while mlflow.active_run():
+        mlflow.end_run()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import math
 
 import numpy as np
@@ -15,7 +14,7 @@ from ganops.config import RegisterConfig
 from ganops.io import sha256_file, write_json
 from ganops.models import build_G
 from ganops.registry import RegistrationError, choose_alias, pip_requirements, register
-from ganops.tracking import ENV_RUN_ID, RUN_ID_FILE, STATUS_TAG, configure_mlflow
+from ganops.tracking import RUN_ID_FILE, STATUS_TAG, configure_mlflow
 from ganops.training.sampling import latents
 from ganops.training.snapshot import save_snapshot
 
@@ -41,22 +40,14 @@ def _write_eval(path, fid: float, snapshot_sha: str, protocol: str = "legacy_ten
 
 
 @pytest.fixture()
-def project(tmp_path, monkeypatch, migrated_mlflow_db):
+def project(mlflow_project):
     """cwd = tmp project with its own MLflow store; a training run recorded in runs/train/mlflow_run.json."""
-    monkeypatch.chdir(tmp_path)
-    shutil.copy(migrated_mlflow_db, tmp_path / "mlflow.db")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv(ENV_RUN_ID, raising=False)
     client, exp_id = configure_mlflow("unit")
     run = client.create_run(exp_id)
     client.set_terminated(run.info.run_id, "FINISHED")
-    run_dir = tmp_path / "runs" / "train"
+    run_dir = mlflow_project / "runs" / "train"
     write_json(run_dir / RUN_ID_FILE, {"run_id": run.info.run_id})
-    yield client, run.info.run_id, run_dir
-    import mlflow
-
-    while mlflow.active_run():
-        mlflow.end_run()
+    return client, run.info.run_id, run_dir
 
 
 def test_pip_requirements_are_exact_pins_without_local_labels():

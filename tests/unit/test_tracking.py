@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import math
 
 import pytest
@@ -13,18 +12,9 @@ from ganops.tracking import ENV_RUN_ID, RUN_ID_FILE, NullLogger, read_run_id, st
 
 
 @pytest.fixture()
-def project(tmp_path, monkeypatch, migrated_mlflow_db):
+def project(mlflow_project):
     """An empty project root as cwd with its own SQLite store; params pointing inside it."""
-    monkeypatch.chdir(tmp_path)
-    shutil.copy(migrated_mlflow_db, tmp_path / "mlflow.db")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv(ENV_RUN_ID, raising=False)
-    params = Params.model_validate({"experiment": "unit", "train": {"run_dir": "runs/train"}})
-    yield tmp_path, params
-    import mlflow
-
-    while mlflow.active_run():
-        mlflow.end_run()
+    return mlflow_project, Params.model_validate({"experiment": "unit", "train": {"run_dir": "runs/train"}})
 
 
 def _client():
