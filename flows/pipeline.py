@@ -3,19 +3,23 @@
 DVC alone decides what is up to date (each task is ``dvc repro --single-item <stage>``), so this flow and a plain
 ``dvc repro`` execute the same commands. Prefect adds retries for transient failures (a held DVC lock, a busy
 SQLite tracking store), one MLflow run shared by every stage of this execution (exported to the stages as
-``$GANOPS_MLFLOW_RUN_ID``) and a markdown artifact summarising the result.
+``$GANOPS_MLFLOW_RUN_ID``), a markdown report and a table artifact of the FID history.
 
-Parameter overrides (``overrides={"train.loss": "hinge"}``) are validated against the full ``params.yaml`` schema
-before any stage runs, then written into the project's ``params.yaml`` -- what ``dvc exp run -S`` does -- so DVC
+Parameters are typed: ``overrides`` is a :class:`PipelineOverrides`, generated from the ``ganops.config`` models
+(one optional field per ``params.yaml`` key, same types and ranges), so a deployment's run form shows and checks
+every key, and a bad value fails before any stage runs, naming the field. ``{"train": {"loss": "hinge"}}`` and the
+dotted form ``{"train.loss": "hinge"}`` are both accepted. Accepted overrides are validated once more together with
+the project's ``params.yaml`` (cross-field rules), then written into it -- what ``dvc exp run -S`` does -- so DVC
 still decides which stages are out of date, and a ``dvc repro`` afterwards sees the same parameters.
 
 Run it with ``python flows/pipeline.py [-S train.loss=hinge ...]`` (no Prefect server needed: Prefect starts a
-temporary local one).
+temporary local one), or deploy it (``prefect.yaml``, ``flows/serve.py``; see README).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
 import json
 import os
@@ -25,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -36,19 +40,152 @@ for _key, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DIS
 
 # Imported after the analytics opt-out above.
 from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator, model_validator  # noqa: E402
+from pydantic.fields import FieldInfo  # noqa: E402
 
 from ganops.config import ConfigError, Params, load_params, parse_params  # noqa: E402
-from ganops.tracking import ENV_RUN_ID, configure_mlflow, tracking_uri  # noqa: E402
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "validate", "train", "evaluate", "register")
+Stage = Literal["prepare", "validate", "train", "evaluate", "register"]
 # Output fragments that mark a failure worth retrying: another process holds DVC's lock, or SQLite is busy.
 TRANSIENT_PATTERNS = ("Unable to acquire lock", "database is locked", "Connection reset", "Temporary failure")
 OUTPUT_TAIL_CHARS = 4000
+REPORT_KEY, FID_TABLE_KEY = "ganops-pipeline", "ganops-fid-history"
 
+
+# ---- Typed overrides, generated from ganops.config so they cannot drift from params.yaml -------------------------
+
+def _drop_null_defaults(schema: dict[str, Any], _cls: type) -> None:
+    # Every field defaults to None = "keep params.yaml's value"; a form must not pre-fill null into typed fields.
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", 0) is None:
+            del prop["default"]
+
+
+_OVERRIDES_CONFIG = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra=_drop_null_defaults)
+
+
+def _copied_field_validators(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's ``@field_validator``s (e.g. Adam betas in [0, 1)), re-bound for the overrides model."""
+    out: dict[str, Any] = {}
+    for name, dec in model.__pydantic_decorators__.field_validators.items():
+        func = dec.func  # bound to ``model``; takes (value) or (value, info)
+        if len(inspect.signature(func).parameters) == 1:
+            def wrapper(cls: type, value: Any, _f: Any = func) -> Any:
+                return _f(value)
+        else:
+            def wrapper(cls: type, value: Any, info: Any, _f: Any = func) -> Any:
+                return _f(value, info)
+        out[name] = field_validator(*dec.info.fields, mode=dec.info.mode)(classmethod(wrapper))
+    return out
+
+
+def _overrides_model(model: type[BaseModel], name: str, nested: dict[str, type[BaseModel]]) -> type[BaseModel]:
+    """``model`` with every field optional (default None = not overridden), same type, constraints, alias and
+    description; fields whose type is a section model use that section's overrides model (``nested``)."""
+    fields: dict[str, Any] = {}
+    for fname, info in model.model_fields.items():
+        annotation = nested.get(fname, info.annotation)
+        fields[fname] = (annotation, FieldInfo.merge_field_infos(info, default=None, default_factory=None))
+    doc = f"Overrides of {model.__name__} ({(model.__doc__ or '').strip().splitlines()[0]}); unset = keep params.yaml."
+    return create_model(name, __config__=_OVERRIDES_CONFIG, __doc__=doc,
+                        __validators__=_copied_field_validators(model), **fields)
+
+
+_SECTION_MODELS = {fname: info.annotation for fname, info in Params.model_fields.items()
+                   if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)}
+_SECTION_OVERRIDES = {fname: _overrides_model(m, f"{m.__name__.removesuffix('Config')}Overrides", {})
+                      for fname, m in _SECTION_MODELS.items()}
+# params.yaml section name (the alias: "validate", "register") -> field name on Params ("validate_", "register_").
+_SECTION_BY_ALIAS = {(Params.model_fields[f].alias or f): f for f in _SECTION_MODELS}
+
+
+class _OverridesBase(BaseModel):
+    model_config = _OVERRIDES_CONFIG
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_dotted_keys(cls, data: Any) -> Any:
+        """``{"train.loss": "hinge"}`` -> ``{"train": {"loss": "hinge"}}`` (the ``dvc exp run -S`` spelling)."""
+        if not isinstance(data, dict) or not any(isinstance(k, str) and "." in k for k in data):
+            return data
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(key, str) and "." in key:
+                section, _, rest = key.partition(".")
+                target = out.setdefault(section, {})
+                if isinstance(target, BaseModel):
+                    target = out[section] = target.model_dump(exclude_unset=True, by_alias=True)
+                if not isinstance(target, dict):
+                    raise ValueError(f"override {key!r} conflicts with {section!r} = {target!r}")
+                target[rest] = value  # "train.loss.x" -> train: {"loss.x": ...}: an unknown key, named as such
+            elif isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = {**value, **out[key]}
+            else:
+                out[key] = value
+        return out
+
+    def dotted(self) -> dict[str, Any]:
+        """The overrides that were set, as ``{"train.loss": "hinge", "seed": 3}`` (JSON types, params.yaml names).
+
+        A field left out is not an override; an explicit ``null`` is (for keys that may be null in params.yaml).
+        """
+        out: dict[str, Any] = {}
+        for key, value in self.model_dump(mode="json", by_alias=True, exclude_unset=True).items():
+            if key in _SECTION_BY_ALIAS and isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+
+PipelineOverrides = create_model(
+    "PipelineOverrides", __base__=_OverridesBase,
+    __doc__="Overrides of params.yaml keys, per section; unset fields keep the project's params.yaml value.",
+    **{fname: (_SECTION_OVERRIDES.get(fname, info.annotation),
+               FieldInfo.merge_field_infos(info, default=None, default_factory=None))
+       for fname, info in Params.model_fields.items()},
+)
+PipelineOverrides.__module__ = __name__
+
+
+def _format_override_errors(err: ValidationError) -> str:
+    lines = ["invalid overrides:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate").replace("register_", "register")
+        got = e.get("input")
+        lines.append(f"  - {loc}: {e['msg']}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
+    lines.append("Override keys are params.yaml keys, e.g. {\"train\": {\"loss\": \"hinge\"}} or -S train.loss=hinge "
+                 "(see README, 'Parameters').")
+    return "\n".join(lines)
+
+
+def parse_overrides(overrides: Any) -> Any:
+    """A :class:`PipelineOverrides` from a model instance, a nested dict or a dotted-key dict (None -> empty).
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or an out-of-range value; each bad field is named, e.g.
+            ``- train.total_kimg: Input should be greater than 0 (got -1)``.
+    """
+    if isinstance(overrides, PipelineOverrides):
+        return overrides
+    if overrides is None:
+        return PipelineOverrides()
+    if isinstance(overrides, dict):
+        bad = [k for k in overrides if not isinstance(k, str) or not k or any(not p for p in k.split("."))]
+        if bad:
+            raise ConfigError(f"override key(s) {bad} are not params.yaml keys such as 'train.loss'")
+    try:
+        return PipelineOverrides.model_validate(overrides)
+    except ValidationError as err:
+        raise ConfigError(_format_override_errors(err)) from None
+
+
+# ---- Stages -------------------------------------------------------------------------------------------------------
 
 class StageFailed(RuntimeError):
     """``dvc repro`` of one stage exited non-zero; ``transient`` says whether a retry may help."""
@@ -74,9 +211,12 @@ def _retry_only_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 def stage_env(run_id: str | None) -> dict[str, str]:
     """Environment for a stage subprocess: the venv's bin first on PATH (``ganops``), quiet analytics, run id."""
+    from ganops.tracking import ENV_RUN_ID
+
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(MLFLOW_DISABLE_TELEMETRY="true", GX_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    env.pop(ENV_RUN_ID, None)
     if run_id:
         env[ENV_RUN_ID] = run_id
     return env
@@ -99,6 +239,8 @@ def run_stage(stage: str, project_dir: str, run_id: str | None) -> StageResult:
 
 
 def _start_pipeline_run(params: Params, project_dir: Path) -> tuple[str, str]:
+    from ganops.tracking import configure_mlflow
+
     client, exp_id = configure_mlflow(params.experiment, root=project_dir)
     fr_id = flow_run.get_id()
     run = client.create_run(exp_id, run_name=f"pipeline-{flow_run.get_name() or 'local'}",
@@ -108,33 +250,120 @@ def _start_pipeline_run(params: Params, project_dir: Path) -> tuple[str, str]:
 
 def _end_pipeline_run(project_dir: Path, params: Params, run_id: str, status: str,
                       results: list[StageResult]) -> None:
+    from ganops.tracking import configure_mlflow
+
     client, _ = configure_mlflow(params.experiment, root=project_dir)
     client.set_tag(run_id, "ganops.stages_run", ",".join(r.stage for r in results if r.ran) or "none")
     client.set_terminated(run_id, status=status)
 
 
+# ---- Report and artifacts -----------------------------------------------------------------------------------------
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def fid_history(project_dir: Path, params: Params) -> list[dict[str, Any]]:
+    """FID over training, oldest first: one row per in-training evaluation, then the evaluate stage's FID.
+
+    In-training rows come from the ``metric/*`` lines of ``<train.run_dir>/stats.jsonl`` (written every
+    ``train.eval_every_kimg`` on ``train.eval_num_samples`` samples); the last row is ``evaluate.out`` (the
+    registered figure, on ``evaluate.num_samples`` samples). Missing files give fewer (or no) rows.
+
+    Returns:
+        ``[{"source": "training" | "evaluate", "step": int | None, "kimg": float, "fid": float,
+        "kid_mean": float | None, "num_samples": int}, ...]`` (FID and KID are unitless distances).
+    """
+    rows: list[dict[str, Any]] = []
+    run_dir = project_dir / params.train.run_dir
+    stats = run_dir / "stats.jsonl"
+    options = _read_json(run_dir / "training_options.json")
+    in_training_n = options.get("eval_num_samples", params.train.eval_num_samples)
+    if stats.is_file():
+        for line in stats.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill; training drops those when it resumes
+            if isinstance(entry, dict) and "metric/fid" in entry:
+                rows.append({"source": "training", "step": entry.get("step"), "kimg": entry.get("kimg"),
+                             "fid": entry["metric/fid"], "kid_mean": entry.get("metric/kid_mean"),
+                             "num_samples": in_training_n})
+    ev = _read_json(project_dir / params.evaluate.out)
+    if "fid" in ev:
+        rows.append({"source": "evaluate", "step": None, "kimg": ev.get("kimg"), "fid": ev["fid"],
+                     "kid_mean": ev.get("kid_mean"), "num_samples": ev.get("num_generated")})
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _mlflow_run_url(uri: str, exp_id: str, run_id: str) -> str:
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{exp_id}/runs/{run_id}"
+
+
 def summary_markdown(project_dir: Path, params: Params, run_id: str, exp_id: str,
                      results: list[StageResult]) -> str:
-    """The run summary: stage table, FID/KID, registered version and alias, sample grid, MLflow run."""
-    ev_path, reg_path = project_dir / params.evaluate.out, project_dir / params.register_.out
-    ev = json.loads(ev_path.read_text()) if ev_path.is_file() else {}
-    reg = json.loads(reg_path.read_text()) if reg_path.is_file() else {}
+    """The run report: stage table, metrics table, FID history, registered version and alias, and links to the
+    MLflow run, the sample grid and the Great Expectations Data Docs."""
+    from ganops.tracking import tracking_uri
+
+    ev = _read_json(project_dir / params.evaluate.out)
+    reg = _read_json(project_dir / params.register_.out)
     lines = ["# ganops pipeline", "", "| stage | ran | wall time (s) |", "|---|---|---|"]
     lines += [f"| {r.stage} | {'yes' if r.ran else 'up to date'} | {r.wall_time_s:.1f} |" for r in results]
-    lines += ["", "| metric | value |", "|---|---|"]
+    lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
     for key in ("fid", "kid_mean", "kid_std", "num_generated", "num_real", "protocol", "kimg"):
         if key in ev:
             lines.append(f"| {key} | {ev[key]} |")
+    history = fid_history(project_dir, params)
+    lines += ["", "## FID history", ""]
+    if history:
+        lines += ["| source | step | kimg | FID | KID | samples |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['source']} | {_fmt(r['step'])} | {_fmt(r['kimg'])} | {_fmt(r['fid'])} | "
+                  f"{_fmt(r['kid_mean'])} | {_fmt(r['num_samples'])} |" for r in history]
+        if not any(r["source"] == "training" for r in history):
+            lines += ["", "No in-training evaluations (set `train.eval_every_kimg` > 0 to record FID during training)."]
+    else:
+        lines.append("No FID yet (the evaluate stage has not run).")
+    lines += ["", "## Model", ""]
     if reg:
-        lines += ["", f"**Model** `{reg['model_name']}` version **{reg['version']}**, alias **@{reg['alias']}** "
-                      f"({reg.get('reason', '')}); load with `mlflow.pyfunc.load_model(\"{reg['model_uri']}\")`."]
-    grid = project_dir / params.train.run_dir / "fakes-latest.png"
-    lines += ["", f"**Samples**: `{grid}`", "",
-              f"**MLflow run** `{run_id}` in `{tracking_uri(project_dir)}`: run "
-              f"`mlflow ui --backend-store-uri {tracking_uri(project_dir)}` and open "
-              f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{run_id}"]
+        lines.append(f"**Model** `{reg['model_name']}` version **{reg['version']}**, alias **@{reg['alias']}** "
+                     f"({reg.get('reason', '')}); load with `mlflow.pyfunc.load_model(\"{reg['model_uri']}\")`.")
+    else:
+        lines.append("Nothing registered in this run.")
+    uri = tracking_uri(project_dir)
+    grid = (project_dir / params.train.run_dir / "fakes-latest.png").resolve()
+    validation = _read_json(project_dir / params.validate_.report_dir / "result.json")
+    docs = Path(validation.get("data_docs") or Path(params.validate_.report_dir) / "data_docs" / "index.html")
+    docs = docs if docs.is_absolute() else (project_dir / docs).resolve()
+    url = _mlflow_run_url(uri, exp_id, run_id)
+    lines += ["", "## Links", "",
+              f"- **MLflow run** `{run_id}`: [{url}]({url})"
+              + ("" if uri.startswith("http") else f" (start the UI with `mlflow ui --backend-store-uri {uri}`)"),
+              f"- **Samples**: [{grid.name}]({grid.as_uri()}) (also the run's `samples/` artifacts)",
+              f"- **Data validation (Great Expectations Data Docs)**: [{docs.name}]({docs.as_uri()})"
+              + ("" if validation.get("success", True) else " -- validation reported failures")]
     return "\n".join(lines) + "\n"
 
+
+def publish_artifacts(project_dir: Path, params: Params, run_id: str, exp_id: str,
+                      results: list[StageResult]) -> None:
+    """The markdown report (key ``ganops-pipeline``) and the FID-history table (key ``ganops-fid-history``)."""
+    create_markdown_artifact(summary_markdown(project_dir, params, run_id, exp_id, results), key=REPORT_KEY,
+                             description="ganops pipeline: metrics, FID history, registered model, links")
+    history = fid_history(project_dir, params)
+    if history:
+        create_table_artifact(history, key=FID_TABLE_KEY,
+                              description=f"FID over training (MLflow run {run_id}); last row: the evaluate stage")
+
+
+# ---- Overrides into params.yaml -----------------------------------------------------------------------------------
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
@@ -191,7 +420,8 @@ def apply_overrides(params_file: Path, typed: dict[str, Any]) -> None:
     params_file.write_text(buf.getvalue())
 
 
-def _check_params_path(project_dir: Path, params_path: str | Path) -> Path:
+def check_params_path(project_dir: Path, params_path: str | Path) -> Path:
+    """``project_dir/params.yaml`` if ``params_path`` points there; ValueError otherwise (DVC reads only it)."""
     path = (project_dir / params_path).resolve()
     if path != (project_dir / "params.yaml").resolve():
         raise ValueError(f"params_path {params_path!r} resolves to {path}, but the DVC stages read "
@@ -199,36 +429,56 @@ def _check_params_path(project_dir: Path, params_path: str | Path) -> Path:
     return path
 
 
+def prepare_run(project_dir: str | None, params_path: str, overrides: Any) -> tuple[Path, Path, Params, dict]:
+    """Resolve the project, check the typed overrides against the whole params.yaml; nothing is written.
+
+    Returns ``(project, params_file, params, typed)`` with ``typed`` the dotted overrides (validated values).
+    Raises ConfigError / ValueError as :func:`ganops_pipeline` documents.
+    """
+    project = Path(project_dir).resolve() if project_dir else PROJECT_DIR
+    params_file = check_params_path(project, params_path)
+    dotted = parse_overrides(overrides).dotted()
+    if dotted:
+        params, typed = validate_overrides(params_file, dotted)
+    else:
+        params, typed = load_params(params_file), {}
+    return project, params_file, params, typed
+
+
+# ---- The flow -----------------------------------------------------------------------------------------------------
+
 @flow(name="ganops-pipeline", log_prints=True)
-def ganops_pipeline(overrides: dict[str, Any] | None = None, params_path: str = "params.yaml",
-                    project_dir: str | None = None, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+def ganops_pipeline(overrides: PipelineOverrides | None = None, params_path: str = "params.yaml",
+                    project_dir: str | None = None, stages: tuple[Stage, ...] = STAGES) -> dict[str, Any]:
     """Run the DVC stages in order under one MLflow run; returns ``{run_id, stages, eval, registration}``.
 
     Args:
-        overrides: dotted ``params.yaml`` keys -> values, e.g. ``{"train.loss": "hinge"}``. Validated with the
-            full schema before anything runs, then written into ``params.yaml`` (like ``dvc exp run -S``; the file
-            keeps them afterwards). The MLflow run is tagged ``ganops.overrides``.
+        overrides: params.yaml values to change, per section: ``{"train": {"loss": "hinge"}}`` (or dotted,
+            ``{"train.loss": "hinge"}``). Typed like params.yaml, then validated with the whole file before
+            anything runs, then written into ``params.yaml`` (like ``dvc exp run -S``; the file keeps them
+            afterwards). The MLflow run is tagged ``ganops.overrides``.
         params_path: the project's ``params.yaml`` (relative to ``project_dir``); DVC reads only that file.
         project_dir: the ganops checkout (default: the one holding this file).
         stages: the stages to run, in pipeline order (default: all five).
 
     Raises:
         ValueError: unknown stage names or a params file other than the project's params.yaml.
-        ConfigError: params.yaml or an override is invalid (no stage ran, params.yaml unchanged).
+        ConfigError: params.yaml or an override is invalid, naming the field (no stage ran, params.yaml unchanged).
+            Through Prefect, a value of the wrong type is refused even earlier, by parameter validation
+            (``prefect.exceptions.ParameterTypeError``: ``overrides.train.total_kimg: ...``).
         StageFailed: a stage failed (after retries for transient failures); the MLflow run is marked FAILED.
     """
-    project = Path(project_dir).resolve() if project_dir else PROJECT_DIR
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; valid: {', '.join(STAGES)}")
-    params_file = _check_params_path(project, params_path)
-    params = load_params(params_file)
-    if overrides:
-        params, typed = validate_overrides(params_file, overrides)
+    project, params_file, params, typed = prepare_run(project_dir, params_path, overrides)
+    if typed:
         apply_overrides(params_file, typed)
         get_run_logger().info("params.yaml overrides: %s", typed)
     run_id, exp_id = _start_pipeline_run(params, project)
-    if overrides:
+    if typed:
+        from ganops.tracking import configure_mlflow
+
         configure_mlflow(params.experiment, root=project)[0].set_tag(run_id, "ganops.overrides",
                                                                      json.dumps(typed, sort_keys=True))
     results: list[StageResult] = []
@@ -239,8 +489,7 @@ def ganops_pipeline(overrides: dict[str, Any] | None = None, params_path: str = 
         _end_pipeline_run(project, params, run_id, "FAILED", results)
         raise
     _end_pipeline_run(project, params, run_id, "FINISHED", results)
-    create_markdown_artifact(summary_markdown(project, params, run_id, exp_id, results), key="ganops-pipeline",
-                             description="ganops pipeline: metrics, registered model, samples, MLflow run")
+    publish_artifacts(project, params, run_id, exp_id, results)
     ev_path, reg_path = project / params.evaluate.out, project / params.register_.out
     return {
         "run_id": run_id,
@@ -267,8 +516,10 @@ if __name__ == "__main__":
     cli.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
                      help="params.yaml override, e.g. -S train.loss=hinge (repeatable)")
     try:
-        result = ganops_pipeline(overrides=parse_set_args(cli.parse_args().set_param) or None)
-    except (StageFailed, ConfigError) as err:
+        # Checked here first, so a typo ends with the field named instead of Prefect's failed-run traceback.
+        cli_overrides = parse_overrides(parse_set_args(cli.parse_args().set_param))
+        result = ganops_pipeline(overrides=cli_overrides)
+    except (StageFailed, ConfigError, ValueError) as err:
         # Prefect has already logged the full state; the user needs the failing stage and its message.
         print(f"ganops pipeline failed: {err}", file=sys.stderr)
         sys.exit(1)
