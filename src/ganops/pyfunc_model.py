@@ -10,7 +10,8 @@ Input: a pandas DataFrame, one request per row, columns
 - ``num_images`` (int >= 1): how many images to draw for this row;
 - ``seed`` (int >= 0): latent seed; the same (seed, num_images, class_label) always gives the same images;
 - ``class_label`` (int in 0..K-1, optional, conditional models only): class of every image of the row; missing or
-  null cycles 0..K-1.
+  null (NaN) cycles 0..K-1. The logged signature types it ``any`` so that a column with empty cells (pandas
+  float64 with NaN) passes MLflow's schema check; a non-integer value is an error.
 
 Output: ``numpy.ndarray`` uint8 (sum(num_images), H, W, C), 0..255, rows concatenated in input order.
 """
@@ -39,6 +40,21 @@ class GeneratorPyfunc(PythonModel):
         return generate_images(self.G, self.meta, model_input)
 
 
+def _class_index(value: Any, row: int) -> int | None:
+    """``class_label`` cell -> int, or None when empty (None/NaN). Raises ValueError for a non-integer value."""
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        as_float = float("nan")
+    if not as_float.is_integer():
+        raise ValueError(f"row {row}: class_label={value!r} is not an integer class index")
+    return int(as_float)
+
+
 def _requests(model_input: Any, num_classes: int) -> list[tuple[int, int, int | None]]:
     import pandas as pd
 
@@ -51,8 +67,7 @@ def _requests(model_input: Any, num_classes: int) -> list[tuple[int, int, int | 
     out: list[tuple[int, int, int | None]] = []
     for i, row in enumerate(model_input.to_dict("records")):
         n, seed = int(row["num_images"]), int(row["seed"])
-        label = row.get("class_label")
-        label = None if label is None or pd.isna(label) else int(label)
+        label = _class_index(row.get("class_label"), i)
         if n < 1 or seed < 0:
             raise ValueError(f"row {i}: num_images must be >= 1 and seed >= 0, got num_images={n}, seed={seed}")
         if label is not None and num_classes == 0:
@@ -73,8 +88,8 @@ def generate_images(G: Any, meta: dict[str, Any], model_input: Any) -> np.ndarra
 
     Raises:
         TypeError: ``model_input`` is not a DataFrame.
-        ValueError: missing columns, num_images < 1, seed < 0, a class_label for an unconditional generator or
-            outside 0..K-1, or more than ``MAX_IMAGES_PER_REQUEST`` images in total.
+        ValueError: missing columns, num_images < 1, seed < 0, a class_label for an unconditional generator,
+            not an integer or outside 0..K-1, or more than ``MAX_IMAGES_PER_REQUEST`` images in total.
     """
     from ganops.training.sampling import iter_samples, to_uint8
 

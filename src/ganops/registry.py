@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_FILE = "network-snapshot.pt"
 SAMPLE_GRID_FILE = "fakes-latest.png"
+GRID_ARTIFACT_DIR = "model_card"  # run artifact folder of the sample grids linked from model cards
 MODEL_CODE_FILE = Path(__file__).with_name("_mlflow_model_code.py")
 # What the pyfunc needs at load time; versions are read from this environment without local tags ("+cpu"),
 # which MLflow's own inference would keep and which pip cannot resolve from PyPI.
@@ -170,30 +171,91 @@ def _signature(meta: dict[str, Any]) -> tuple[Any, Any]:
     import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types.schema import AnyType
 
     conditional = int(meta.get("num_classes", 0) or 0) > 0
     cols = [ColSpec("long", "num_images"), ColSpec("long", "seed")]
     example = {"num_images": [2], "seed": [0]}
     if conditional:
-        cols.append(ColSpec("long", "class_label", required=False))
+        # "any", not long: pandas stores an integer column with an empty cell ([2, None]) as float64 with NaN, which
+        # MLflow's schema check refuses to cast to long (and it refuses int64 -> double); the model itself checks
+        # that each label is empty or an integer in 0..K-1.
+        cols.append(ColSpec(AnyType(), "class_label", required=False))
         example["class_label"] = [0]
     shape = (-1, int(meta["resolution"]), int(meta["resolution"]), int(meta["channels"]))
     sig = ModelSignature(inputs=Schema(cols), outputs=Schema([TensorSpec(np.dtype(np.uint8), shape)]))
     return sig, pd.DataFrame({k: np.asarray(v, dtype=np.int64) for k, v in example.items()})
 
 
-def _model_card(model_name: str, meta: dict[str, Any], ev: dict[str, Any], tags: dict[str, str]) -> str:
-    kind = f"conditional on {meta['num_classes']} classes" if int(meta.get("num_classes", 0) or 0) else "unconditional"
-    return (f"{model_name}: {tags['arch']} GAN generator (G_ema), {kind}, {tags['loss']} loss, "
-            f"{meta['resolution']}x{meta['resolution']}x{meta['channels']} uint8 images, trained {meta.get('kimg')} kimg "
-            f"in {tags['train_wall_time_s']} s.\n"
-            f"FID {float(ev['fid']):.3f}, KID {float(tags['kid']):.5f} ({tags['protocol']}, {tags['num_samples']} samples vs "
-            f"the prepared test split, dataset sha256 {tags['dataset_sha256'][:12]}).\n"
-            f"Code: git commit {tags['git_commit']}; data: DVC version (md5 of the prepared directory in dvc.lock) "
-            f"{tags['dvc_data_md5']}.\n"
-            f"Samples: {tags.get('sample_grid', 'none logged')}.\n"
-            "Input: DataFrame num_images, seed[, class_label]; output: uint8 (N, H, W, C).\n"
-            f"Snapshot sha256 {tags['snapshot_sha256']}.")
+def _short(value: str, n: int = 12) -> str:
+    return f"{value[:n]}…" if len(value) > n else value
+
+
+def _model_card(model_name: str, version: str, meta: dict[str, Any], ev: dict[str, Any], tags: dict[str, str],
+                run: Any, grid_artifact: str | None) -> str:
+    """The version's description: Markdown (the MLflow UI renders it on the model version page).
+
+    What the model is, its FID/KID with the measurement protocol and sample counts, where it came from (dataset
+    content hash, DVC data version, git commit, training run and time), its sample grid (a run artifact, shown
+    inline and linked) and how to load it and draw images. MLflow caps a description at 5000 characters.
+    """
+    from urllib.parse import quote
+
+    k = int(meta.get("num_classes", 0) or 0)
+    res, ch = int(meta["resolution"]), int(meta["channels"])
+    kind = f"class-conditional ({k} classes)" if k else "unconditional"
+    kid_std = ev.get("kid_std")
+    kid = f"{float(tags['kid']):.5f}" + (f" ± {float(kid_std):.5f}" if isinstance(kid_std, (int, float)) else "")
+    num_real = ev.get("num_real", "?")
+    weights = str(ev.get("weights_sha256") or "unknown")
+    run_id, exp_id = run.info.run_id, run.info.experiment_id
+    lines = [
+        f"### {model_name} v{version}: {tags['arch']} GAN generator (G_ema)",
+        "",
+        f"{kind.capitalize()} image generator, {res}×{res}×{ch} uint8 images, trained {tags['kimg']} kimg "
+        f"(thousands of real images shown to D) with the `{tags['loss']}` loss in {tags['train_wall_time_s']} s.",
+        "",
+        "| quality | value |",
+        "|---|---|",
+        f"| FID (lower is better) | **{float(ev['fid']):.3f}** |",
+        f"| KID | {kid} |",
+        f"| protocol | `{tags['protocol']}`: {tags['num_samples']} generated vs {num_real} real images of the prepared "
+        f"test split, TF-Inception 2015-12-05 pool3 (weights sha256 `{_short(weights)}`) |",
+        "",
+        "| provenance | value |",
+        "|---|---|",
+        f"| dataset content sha256 | `{_short(tags['dataset_sha256'], 16)}` |",
+        f"| DVC data version (md5 of the prepared data in dvc.lock) | `{tags['dvc_data_md5']}` |",
+        f"| git commit | `{tags['git_commit']}` |",
+        f"| training run | [{run.info.run_name or run_id}](#/experiments/{exp_id}/runs/{run_id}) (`{run_id}`) |",
+        f"| training wall time | {tags['train_wall_time_s']} s |",
+        f"| snapshot sha256 | `{_short(tags['snapshot_sha256'], 16)}` (full hashes: version tags) |",
+        "",
+    ]
+    if grid_artifact:
+        src = f"get-artifact?path={quote(grid_artifact, safe='')}&run_uuid={run_id}"
+        lines += [f"**Samples** (run artifact [`{grid_artifact}`](#/experiments/{exp_id}/runs/{run_id}/artifactPath/"
+                  f"{grid_artifact})):", "", f"![sample grid of {model_name} v{version}]({src})", ""]
+    else:
+        lines += ["**Samples**: no sample grid was found in the training run directory.", ""]
+    example = ', "class_label": [0]' if k else ""
+    lines += [
+        "**Use it** (needs only MLflow and the pinned requirements logged with the model):",
+        "",
+        "```python",
+        "import mlflow, pandas as pd",
+        f'model = mlflow.pyfunc.load_model("models:/{model_name}/{version}")  # or models:/{model_name}@champion',
+        f'images = model.predict(pd.DataFrame({{"num_images": [16], "seed": [0]{example}}}))',
+        f"# numpy uint8, shape (16, {res}, {res}, {ch}), values 0..255",
+        "```",
+        "",
+        "Input: a DataFrame, one request per row: `num_images` (int ≥ 1), `seed` (int ≥ 0; same seed, same images)"
+        + (f", `class_label` (int 0..{k - 1}; empty cycles through the classes)" if k else "")
+        + ". Output: uint8 (N, H, W, C), the rows' images concatenated in order.",
+        "",
+        f"CLI: `ganops generate --model-uri models:/{model_name}/{version} --n 64 --out grid.png`",
+    ]
+    return "\n".join(lines)
 
 
 def git_commit(cwd: str | Path = ".") -> str:
@@ -339,11 +401,18 @@ def _log_and_register(cfg: RegisterConfig, client: Any, run_id: str, run_dir: Pa
         "train_wall_time_s": f"{float(train_summary.get('wall_time_s') or 'nan'):.1f}",
         "git_commit": git_commit(),
         "dvc_data_md5": str(dvc_out_md5("dvc.lock", options.get("prepared_dir") or "data/prepared") or "unknown"),
+        "num_classes": str(int(meta.get("num_classes", 0) or 0)),
     }
+    for key, src in (("kid_std", "kid_std"), ("num_real", "num_real"), ("inception_sha256", "weights_sha256")):
+        if ev.get(src) is not None:
+            tags[key] = repr(float(ev[src])) if key == "kid_std" else str(ev[src])
     artifacts = {"snapshot": str(snapshot)}
     grid = run_dir / SAMPLE_GRID_FILE
+    grid_artifact = None
     if grid.is_file():  # the model version carries its own samples (shown under the model's artifacts)
         artifacts["sample_grid"] = str(grid)
+        grid_artifact = _log_grid_to_run(client, run_id, grid, snapshot_sha)
+        tags["sample_grid_run_artifact"] = grid_artifact
     signature, example = _signature(meta)
     with _active_run(run_id):
         info = mlflow.pyfunc.log_model(
@@ -356,7 +425,8 @@ def _log_and_register(cfg: RegisterConfig, client: Any, run_id: str, run_dir: Pa
         root = mlflow.get_logged_model(info.model_id).artifact_location.rstrip("/")
         tags["sample_grid"] = f"{root}/artifacts/{SAMPLE_GRID_FILE}"
     mv = mlflow.register_model(info.model_uri, cfg.model_name, tags=tags)
-    client.update_model_version(cfg.model_name, mv.version, description=_model_card(cfg.model_name, meta, ev, tags))
+    card = _model_card(cfg.model_name, str(mv.version), meta, ev, tags, client.get_run(run_id), grid_artifact)
+    client.update_model_version(cfg.model_name, mv.version, description=card)
     # Read the champion, decide and move the aliases as one critical section: two registrations at once must not
     # both see "no champion" and both claim it.
     with _alias_lock(client.tracking_uri):
@@ -369,6 +439,22 @@ def _log_and_register(cfg: RegisterConfig, client: Any, run_id: str, run_dir: Pa
             client.set_registered_model_alias(cfg.model_name, "challenger", champion.version)
     log.info("registered %s version %s as @%s (%s)", cfg.model_name, mv.version, alias, reason)
     return _record(cfg, mv, alias, reason, ev, snapshot_sha, info.model_uri, True, run_id)
+
+
+def _log_grid_to_run(client: Any, run_id: str, grid: Path, snapshot_sha: str) -> str:
+    """Log the sample grid as run artifact ``model_card/samples-<snapshot sha256[:12]>.png``; return that path.
+
+    The model card links and shows it (the MLflow server serves run artifacts at ``get-artifact``); one file per
+    registered snapshot, so a run that registers several snapshots keeps each one's grid.
+    """
+    import shutil
+    import tempfile
+
+    name = f"samples-{snapshot_sha[:12]}.png"
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(grid, Path(tmp) / name)
+        client.log_artifact(run_id, str(Path(tmp) / name), GRID_ARTIFACT_DIR)
+    return f"{GRID_ARTIFACT_DIR}/{name}"
 
 
 @contextlib.contextmanager

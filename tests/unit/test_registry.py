@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,14 +119,27 @@ def test_register_idempotent_champion_challenger_and_pyfunc_output(project, tmp_
     assert mv.tags["snapshot_sha256"] == sha1 and float(mv.tags["fid"]) == 20.0
     assert mv.tags["arch"] == "dcgan" and mv.tags["loss"] == "hinge" and mv.tags["protocol"] == "legacy_tensorflow"
     assert mv.tags["dataset_sha256"] == "d" * 64  # from the prepared data named in training_options.json
-    assert "FID 20.000" in mv.description
-    # Model card: training time, DVC data version from dvc.lock, code version, samples logged with the model.
-    assert mv.tags["train_wall_time_s"] == "12.3" and "in 12.3 s" in mv.description
-    assert mv.tags["dvc_data_md5"] == "0123abcd.dir" and "0123abcd.dir" in mv.description
+    # Model card (Markdown description + tags): quality with its protocol and sample counts, provenance, usage.
+    card = mv.description
+    assert card.startswith(f"### {MODEL} v1: dcgan GAN generator (G_ema)")
+    assert "| FID (lower is better) | **20.000** |" in card and "| KID | 0.01000 ± 0.00100 |" in card
+    assert "`legacy_tensorflow`: 100 generated vs 100 real images" in card
+    assert (mv.tags["kid_std"], mv.tags["num_real"], mv.tags["num_classes"]) == ("0.001", "100", "0")
+    assert mv.tags["train_wall_time_s"] == "12.3" and "in 12.3 s" in card
+    assert mv.tags["dvc_data_md5"] == "0123abcd.dir" and "`0123abcd.dir`" in card
     assert mv.tags["git_commit"] == "unknown"  # the tmp project is not a git checkout
+    assert f"`{'d' * 16}…`" in card and f"({run_id})" in card.replace("`", "")
+    assert f'mlflow.pyfunc.load_model("models:/{MODEL}/1")' in card and "Unconditional" in card
+    assert "class_label" not in card.split("```")[1]  # the usage snippet of an unconditional model
+    # The sample grid: logged with the model, and as a run artifact that the card shows and links.
     assert mv.tags["sample_grid"].endswith("/artifacts/fakes-latest.png")
     grid = mlflow.artifacts.download_artifacts(mv.tags["sample_grid"], dst_path=str(tmp_path / "dl"))
     assert open(grid, "rb").read() == (run_dir / "fakes-latest.png").read_bytes()
+    grid_artifact = mv.tags["sample_grid_run_artifact"]
+    assert grid_artifact == f"model_card/samples-{sha1[:12]}.png"
+    assert f"![sample grid of {MODEL} v1](get-artifact?path=model_card%2Fsamples-{sha1[:12]}.png&run_uuid={run_id})" in card
+    run_grid = client.download_artifacts(run_id, grid_artifact, str(tmp_path / "dl-run"))
+    assert open(run_grid, "rb").read() == (run_dir / "fakes-latest.png").read_bytes()
 
     # Same snapshot again: the existing version comes back, nothing new is registered.
     rec_again = register(cfg, run_dir=run_dir, eval_json=eval_json)
@@ -155,6 +169,56 @@ def test_register_idempotent_champion_challenger_and_pyfunc_output(project, tmp_
     assert int(client.get_model_version_by_alias(MODEL, "challenger").version) == 1
 
 
+def test_registered_pyfunc_is_self_describing_conditional_model(project, tmp_path):
+    """Signature, input example and pip requirements of the logged model; a conditional model through the registry."""
+    import mlflow
+    from mlflow.models import Model
+
+    client, run_id, run_dir = project
+    kwargs = {**G_KWARGS, "num_classes": 3}
+    torch.manual_seed(0)
+    G = build_G("dcgan", **kwargs).eval()
+    meta = {"arch": "dcgan", "G_kwargs": kwargs, "kimg": 0.5, "step": 8,
+            **{k: kwargs[k] for k in ("z_dim", "resolution", "channels", "num_classes")}}
+    save_snapshot(run_dir / "network-snapshot.pt", G, meta)
+    _write_eval(tmp_path / "eval.json", 30.0, sha256_file(run_dir / "network-snapshot.pt"))
+    register(RegisterConfig(model_name=MODEL, out=str(tmp_path / "reg.json")), run_dir=run_dir,
+             eval_json=tmp_path / "eval.json")
+    mv = client.get_model_version(MODEL, "1")
+    assert mv.tags["num_classes"] == "3" and "Class-conditional (3 classes)" in mv.description
+    assert '"class_label": [0]' in mv.description  # the usage snippet shows the label column
+
+    local = mlflow.artifacts.download_artifacts(f"models:/{MODEL}/1", dst_path=str(tmp_path / "model"))
+    logged = Model.load(local)
+    assert logged.signature.inputs.input_names() == ["num_images", "seed", "class_label"]
+    assert [c.required for c in logged.signature.inputs.inputs] == [True, True, False]
+    out_spec = logged.signature.outputs.inputs[0]
+    assert out_spec.type == np.dtype(np.uint8) and out_spec.shape == (-1, 16, 16, 1)
+    example = logged.load_input_example(local)
+    assert list(example.columns) == ["num_images", "seed", "class_label"]
+    # Requirements: exact pins from PyPI, no local build label (torch "2.x.y+cpu" would not resolve there), so the
+    # same file installs on CPU or CUDA machines (pip picks the platform's build of that torch version).
+    reqs = (Path(local) / "requirements.txt").read_text().split()
+    assert f"torch=={torch.__version__.split('+')[0]}" in reqs and any(r.startswith("mlflow==") for r in reqs)
+    assert all("+" not in r and "cpu" not in r for r in reqs), reqs
+
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    assert model.predict(example).shape == (len(example) * int(example["num_images"][0]), 16, 16, 1)
+    out = model.predict(pd.DataFrame({"num_images": [2, 3], "seed": [5, 5], "class_label": [2, 1]}))
+    assert out.dtype == np.uint8 and out.shape == (5, 16, 16, 1)
+    z = latents(3, 8, seed=5)
+    with torch.no_grad():
+        ref = (G(z[:2], torch.tensor([2, 2])) * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    assert np.abs(out[:2].astype(int) - ref.numpy().astype(int)).max() <= 1
+    # The label column is optional: without it, or where it is empty, the images cycle through the classes.
+    cycled = model.predict(pd.DataFrame({"num_images": [3], "seed": [5]}))
+    assert cycled.shape == (3, 16, 16, 1)
+    mixed = model.predict(pd.DataFrame({"num_images": [2, 3], "seed": [5, 5], "class_label": [2, None]}))
+    assert np.array_equal(mixed[:2], out[:2]) and np.array_equal(mixed[2:], cycled)
+    with pytest.raises(Exception, match=r"outside 0\.\.2"):
+        model.predict(pd.DataFrame({"num_images": [1], "seed": [0], "class_label": [7]}))
+
+
 def test_generate_images_conditional_rows_follow_class_label_and_seed():
     from ganops.pyfunc_model import generate_images
 
@@ -177,6 +241,8 @@ def test_generate_images_conditional_rows_follow_class_label_and_seed():
     (pd.DataFrame({"num_images": [0], "seed": [1]}), 0, "num_images must be >= 1"),
     (pd.DataFrame({"num_images": [1], "seed": [1], "class_label": [1]}), 0, "unconditional"),
     (pd.DataFrame({"num_images": [1], "seed": [1], "class_label": [3]}), 3, r"outside 0\.\.2"),
+    (pd.DataFrame({"num_images": [1], "seed": [1], "class_label": [1.5]}), 3, "not an integer class index"),
+    (pd.DataFrame({"num_images": [1], "seed": [1], "class_label": ["cat"]}), 3, "not an integer class index"),
     (pd.DataFrame({"num_images": [70_000], "seed": [1]}), 0, "at most"),
 ])
 def test_generate_images_rejects_bad_requests(frame, num_classes, message):
