@@ -11,7 +11,8 @@
   dataset_sha256, skipped`` (``[{path, reason}]`` of refused files; empty unless ``on_bad_image=skip``).
 
 Everything is written into a temporary sibling directory which then replaces ``out_dir`` by rename, so a failure
-never leaves partial output, and a previous ``out_dir`` stays intact until the new one is complete.
+never leaves partial output, and a previous ``out_dir`` stays intact until the new one is complete. A full disk or
+a permission problem raises :class:`ganops.io.OutputWriteError` naming ``out_dir`` and what to do.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ganops.config import PrepareConfig
 from ganops.data import source_fashion_mnist as fmnist
 from ganops.data.errors import DataError
 from ganops.data.source_folder import BadImage, FolderImage, center_crop_resize, load_folder
-from ganops.io import atomic_write, write_json
+from ganops.io import atomic_write, output_error, write_json
 
 SPLITS = ("train", "test")
 _STATS_CHUNK = 8192  # images per chunk when computing float64 pixel statistics
@@ -49,6 +50,8 @@ def prepare(cfg: PrepareConfig, *, seed: int = 0) -> dict:
     Raises:
         DataError: the source is missing, malformed, empty, or holds bad images with ``on_bad_image=fail``;
             nothing is written.
+        OutputWriteError: ``out_dir`` cannot be written (disk full, permissions, a parent that is a file); the
+            previous ``out_dir`` is intact.
     """
     if cfg.source == "fashion_mnist":
         splits, class_names, extra, skipped = _from_fashion_mnist(cfg)
@@ -214,10 +217,24 @@ def dataset_sha256(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
 
 
 def _write_out_dir(out_dir: Path, splits, metadata: pd.DataFrame, summary: dict) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
+    """Write everything into a temporary sibling of ``out_dir``, then swap it in.
+
+    Raises:
+        DataError: ``out_dir`` exists and is not a directory.
+        OutputWriteError: disk full, permission denied or a parent that is a file (message names ``out_dir``);
+            the previous ``out_dir`` is intact and no temporary directory is left.
+    """
+    try:
+        exists_as_file = out_dir.exists() and not out_dir.is_dir()
+    except OSError as err:
+        raise output_error(err, out_dir) from err
+    if exists_as_file:
         raise DataError(f"prepare.out_dir {out_dir} exists and is not a directory; remove it or choose another path")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    except OSError as err:
+        raise output_error(err, out_dir) from err
     try:
         for split, (images, labels) in splits.items():
             with atomic_write(tmp / f"{split}.npz") as f:
@@ -226,6 +243,9 @@ def _write_out_dir(out_dir: Path, splits, metadata: pd.DataFrame, summary: dict)
             metadata.to_parquet(f, index=False)
         write_json(tmp / "summary.json", summary)
         _replace_dir(tmp, out_dir)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise output_error(err, out_dir) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

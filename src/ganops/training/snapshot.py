@@ -11,6 +11,8 @@ kimg, step, G_kwargs, ...}}``.
 from __future__ import annotations
 
 import io
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +42,50 @@ def save_torch(obj: Any, path: str | Path) -> None:
         f.write(buf.getbuffer())
 
 
+class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
+    """A checkpoint holds pickled Python objects other than tensors and plain containers (e.g. a class or a
+    function such as ``os.system``); it was refused by ``torch.load(weights_only=True)`` without running any of it."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file is empty, truncated or not a ``torch.save`` file at all."""
+
+
+def _weights_only_reason(err: Exception) -> str:
+    """The line of torch's weights-only error that names the refused object (torch's text also suggests
+    ``weights_only=False``, which is exactly what a user must not do with a file of unknown origin)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    named = [ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "unsupported" in ln]
+    return (named or lines[-1:] or [type(err).__name__])[0].rstrip(".")
+
+
 def load_torch(path: str | Path, device: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` mapped to ``device``.
+    """``torch.load(path, weights_only=True)`` mapped to ``device``: tensors, numbers, strings and plain
+    containers only; no pickled class or function is ever imported or called.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (message says how it is produced).
+        UnsafeCheckpointError: the file holds other pickled objects (nothing of it was executed).
+        CorruptCheckpointError: the file is empty, truncated or not a torch checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `ganops train` to produce it")
-    return torch.load(path, map_location=device, weights_only=True)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: it holds pickled Python objects, not only tensors and plain containers "
+            f"(Weights only load failed: {_weights_only_reason(err)}). ganops loads checkpoints with "
+            "torch.load(weights_only=True) and never unpickles code: use snapshots written by `ganops train`, and "
+            "do not load this file with weights_only=False unless you trust where it came from"
+        ) from None
+    except (EOFError, KeyError, RuntimeError, zipfile.BadZipFile, ValueError) as err:
+        raise CorruptCheckpointError(
+            f"{path} is not a readable torch checkpoint ({type(err).__name__}: {str(err)[:200] or 'empty'}): it is "
+            "empty, truncated or another kind of file: replace it with one written by `ganops train` (or delete a "
+            "broken training-state.pt to train from scratch)"
+        ) from None
 
 
 def save_snapshot(path: str | Path, G_ema: nn.Module, metadata: dict[str, Any]) -> None:
@@ -88,8 +124,10 @@ def arch_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 __all__ = [
+    "CorruptCheckpointError",
     "ResumeMismatchError",
     "TrainingDivergedError",
+    "UnsafeCheckpointError",
     "arch_mismatch",
     "load_generator",
     "load_torch",
