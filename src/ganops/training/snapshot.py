@@ -10,6 +10,7 @@ kimg, step, G_kwargs, ...}}``.
 
 from __future__ import annotations
 
+import errno
 import io
 import pickle
 import zipfile
@@ -56,7 +57,8 @@ def _weights_only_reason(err: Exception) -> str:
     ``weights_only=False``, which is exactly what a user must not do with a file of unknown origin)."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     named = [ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "unsupported" in ln]
-    return (named or lines[-1:] or [type(err).__name__])[0].rstrip(".")
+    reason = (named or lines[-1:] or [type(err).__name__])[0]
+    return reason.split(". Please")[0].rstrip(".")
 
 
 def load_torch(path: str | Path, device: str | torch.device = "cpu") -> Any:
@@ -74,6 +76,8 @@ def load_torch(path: str | Path, device: str | torch.device = "cpu") -> Any:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _names_a_global(err):  # not a refused object, just bytes that are no pickle at all
+            raise _corrupt(path, err) from None
         raise UnsafeCheckpointError(
             f"{path}: refused to load: it holds pickled Python objects, not only tensors and plain containers "
             f"(Weights only load failed: {_weights_only_reason(err)}). ganops loads checkpoints with "
@@ -81,11 +85,24 @@ def load_torch(path: str | Path, device: str | torch.device = "cpu") -> Any:
             "do not load this file with weights_only=False unless you trust where it came from"
         ) from None
     except (EOFError, KeyError, RuntimeError, zipfile.BadZipFile, ValueError) as err:
-        raise CorruptCheckpointError(
-            f"{path} is not a readable torch checkpoint ({type(err).__name__}: {str(err)[:200] or 'empty'}): it is "
-            "empty, truncated or another kind of file: replace it with one written by `ganops train` (or delete a "
-            "broken training-state.pt to train from scratch)"
-        ) from None
+        raise _corrupt(path, err) from None
+    except OSError as err:
+        if err.errno != errno.EINVAL:  # torch's zip reader on a truncated archive; other OS errors are real ones
+            raise
+        raise _corrupt(path, err) from None
+
+
+def _names_a_global(err: Exception) -> bool:
+    """True when torch refused a pickled class/function (``GLOBAL module.name``), not malformed bytes."""
+    text = str(err)
+    return "GLOBAL" in text or "global" in text
+
+
+def _corrupt(path: Path, err: Exception) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"{path} is not a readable torch checkpoint ({type(err).__name__}: {_weights_only_reason(err)[:200] if str(err).strip() else 'no data'})"
+        ": it is empty, truncated or another kind of file: replace it with one written by `ganops train` (or delete "
+        "a broken training-state.pt to train from scratch)")
 
 
 def save_snapshot(path: str | Path, G_ema: nn.Module, metadata: dict[str, Any]) -> None:
