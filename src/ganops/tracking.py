@@ -20,7 +20,7 @@ and the run's end status that cannot reach it are appended to ``<train.run_dir>/
 copied under ``<train.run_dir>/mlflow_pending_artifacts/``) and re-sent, in order, on the next successful call, at
 the start of the next stage, or by :func:`upload_pending` (``ganops sync``). Against an ``http(s)://`` server each
 stage bounds MLflow's HTTP retries (:data:`HTTP_ENV`, unless exported by the user): a dead server costs about 3 s
-per attempt instead of MLflow's default ~4 min, a hung one at most ``3 x 20 s``; after a failure the logger stops
+per attempt instead of MLflow's default ~4 min, a hung one about 1 min (3 x 20 s); after a failure the logger stops
 trying for 10 s, doubling up to 5 min while the server stays away.
 
 The train stage also logs system metrics (``system/cpu_utilization_percentage``, memory, disk, network, GPU when
@@ -193,7 +193,7 @@ def configure_mlflow(experiment: str, root: str | Path | None = None) -> tuple[M
 
 # MLflow's HTTP client defaults (7 retries with 2 s exponential backoff, 120 s timeout) wait ~4 min on a dead server
 # per call. While a stage runs against an http(s) server these apply instead (values already exported win):
-# connection refused -> ~3 s per call (retry at once, then after 2 s + jitter); no answer -> at most 3 x 20 s.
+# connection refused -> ~3 s per call (retry at once, then after 2 s + jitter); no answer -> about 3 x 20 s.
 HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
