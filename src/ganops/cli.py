@@ -178,6 +178,10 @@ def fid(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """FID and KID between two image sources, with the standard TF-Inception (2015-12-05) pool3 features."""
+    models = [s for s in (a, b) if s.startswith("models:/")]
+    if models and num_samples is None:  # before loading any network
+        _fail("fid", ValueError(f"{models[0]} is a registered model: give --num-samples N (how many images to "
+                                "sample from it)"))
     from ganops.metrics import defaults
     from ganops.metrics.api import compare
 
@@ -231,6 +235,28 @@ def summary(params: ParamsOpt = Path("params.yaml")) -> None:
         f"  UI    {ui}",
     ]
     typer.echo("\n".join(lines))
+
+
+@app.command()
+def sync(params: ParamsOpt = Path("params.yaml"),
+         run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="run directory (default: train.run_dir)")] = None
+         ) -> None:
+    """Send metrics, params, tags and artifacts that a stage could not deliver to the tracking server.
+
+    They wait in ``<run_dir>/mlflow_pending.jsonl`` (written when the MLflow server was unreachable mid-run). Exit 1
+    when the server still does not answer or some entries remain (run it again later); nothing is lost either way.
+    """
+    from ganops.tracking import TrackingUnavailableError, upload_pending
+
+    try:
+        target = run_dir if run_dir is not None else Path(load_params(params).train.run_dir)
+        counts = upload_pending(target)
+    except (ConfigError, TrackingUnavailableError, OSError) as err:
+        _fail("sync", err)
+    typer.echo(f"sent {counts['sent']}, still pending {counts['remaining']}, rejected {counts['rejected']} "
+               f"(rejected entries are kept in {target}/mlflow_pending.rejected.jsonl)")
+    if counts["remaining"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover - console entry point
