@@ -2,9 +2,10 @@
 
 For each parameter set (a :class:`pipeline.PipelineOverrides`, e.g. ``{"train": {"lr_g": 1e-4}}``):
 
-1. params.yaml is reset to what it held when the sweep started and the persisted training directory
-   (``train.run_dir``) is removed, so every point trains from scratch instead of resuming the previous point's
-   training state (that state stays in the DVC cache and in the previous experiment);
+1. params.yaml is reset to what it held when the sweep started, and the persisted training directory
+   (``train.run_dir``) is removed together with the ``train`` entry of the workspace's dvc.lock (else DVC checks
+   that directory out again before running), so every point trains from scratch instead of resuming the previous
+   point's (or the baseline's) training state; that state stays in the DVC cache, in git and in the experiments;
 2. ``dvc exp run evaluate --name <name> -S key=value ...`` runs prepare -> validate -> train -> evaluate as a named
    DVC experiment (the register stage is not run, so nothing is registered yet);
 3. the experiment's metrics file (``evaluate.out``: FID, KID) is read.
@@ -33,6 +34,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from pipeline import (  # the sibling flows/pipeline.py (Prefect and `python flows/sweep.py` put flows/ on sys.path)
     ConfigError, Params, PipelineOverrides, StageFailed, check_params_path, parse_overrides, run_stage, stage_env,
@@ -82,6 +85,16 @@ def _git_ready(project: Path) -> None:
                          "(git init && git add -A && git commit -m init)")
 
 
+def _forget_training(project: Path, params: Params) -> None:
+    """Remove ``train.run_dir`` and dvc.lock's ``train`` entry: the next train stage starts from scratch."""
+    lock = project / "dvc.lock"
+    if lock.is_file():
+        doc = yaml.safe_load(lock.read_text()) or {}
+        if isinstance(doc.get("stages"), dict) and doc["stages"].pop("train", None) is not None:
+            lock.write_text(yaml.safe_dump(doc, sort_keys=False))
+    shutil.rmtree(project / params.train.run_dir, ignore_errors=True)
+
+
 def _run(cmd: list[str], project: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=project, env=stage_env(None), capture_output=True, text=True)
 
@@ -95,7 +108,7 @@ def run_experiment(name: str, typed: dict[str, Any], params: Params, project_dir
     project = Path(project_dir)
     t0 = time.perf_counter()
     (project / "params.yaml").write_text(baseline_params)
-    shutil.rmtree(project / params.train.run_dir, ignore_errors=True)  # else training resumes the last point
+    _forget_training(project, params)
     (project / params.evaluate.out).unlink(missing_ok=True)  # never read a previous point's metrics
     proc = _run([sys.executable, "-m", "dvc", "exp", "run", "evaluate", "--name", name, *dvc_set_args(typed)], project)
     wall = time.perf_counter() - t0
@@ -121,12 +134,38 @@ def run_experiment(name: str, typed: dict[str, Any], params: Params, project_dir
                        mlflow_run_id=run_id, wall_time_s=wall)
 
 
+def _checkout_failures(output: str) -> list[str]:
+    """The targets DVC lists after "Checkout failed for following targets:" (empty when there is no such list)."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if "Checkout failed for following targets" in line:
+            return [t.strip() for t in lines[i + 1:] if t.strip() and not t.startswith(("Is your cache", "<http"))]
+    return []
+
+
 @task(cache_policy=NO_CACHE, task_run_name="dvc-exp-apply-{name}")
-def apply_experiment(name: str, project_dir: str) -> None:
-    """``dvc exp apply <name>``: the experiment's params, dvc.lock and outputs into the workspace."""
-    proc = _run([sys.executable, "-m", "dvc", "exp", "apply", name], Path(project_dir))
+def apply_experiment(name: str, project_dir: str, params: Params, snapshot_sha256: str | None) -> None:
+    """``dvc exp apply <name>``: the experiment's params, dvc.lock and outputs into the workspace.
+
+    The experiments stop before ``register``, so when the baseline's dvc.lock has no register entry DVC cannot
+    check out ``register.out`` and exits non-zero; that one missing file is expected (the register stage writes it
+    next). Any other checkout failure raises :class:`StageFailed`, and so does a training snapshot in the
+    workspace that is not the experiment's (``snapshot_sha256`` from its metrics).
+    """
+    from ganops.io import sha256_file
+
+    project = Path(project_dir)
+    proc = _run([sys.executable, "-m", "dvc", "exp", "apply", name], project)
+    output = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        raise StageFailed(f"exp apply {name}", proc.returncode, proc.stdout + proc.stderr)
+        failed = _checkout_failures(output)
+        if not failed or any(Path(t) != Path(params.register_.out) for t in failed):
+            raise StageFailed(f"exp apply {name}", proc.returncode, output)
+        get_run_logger().info("dvc exp apply %s: %s is not in the experiment (register runs next)", name, failed)
+    snapshot = project / params.train.run_dir / "network-snapshot.pt"
+    if snapshot_sha256 and (not snapshot.is_file() or sha256_file(snapshot) != snapshot_sha256):
+        raise StageFailed(f"exp apply {name}", proc.returncode,
+                          f"{output}\n{snapshot} is not experiment {name}'s evaluated snapshot {snapshot_sha256}")
 
 
 def comparison_table(results: list[PointResult], best: str | None, metric: str,
@@ -204,9 +243,9 @@ def ganops_sweep(points: list[PipelineOverrides], names: list[str] | None = None
         raise RuntimeError(f"every sweep experiment failed: {[r.name for r in results]}; see the flow log")
     best = min(ranked, key=score)  # min keeps the first of equal scores
     logger.info("best experiment: %s (%s %.4g); registering it", best.name, metric, score(best))
-    apply_experiment(best.name, str(project))
-    run_stage("register", str(project), None)
     best_params = typed_points[names.index(best.name)][1]
+    apply_experiment(best.name, str(project), best_params, best.snapshot_sha256)
+    run_stage("register", str(project), None)
     registration = json.loads((project / best_params.register_.out).read_text())
     create_table_artifact(comparison_table(results, best.name, metric, registration), key=SWEEP_TABLE_KEY,
                           description=f"ganops sweep {sweep_id}: {metric} per DVC experiment; only the best is "
