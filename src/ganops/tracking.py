@@ -117,6 +117,17 @@ def artifact_location(root: str | Path | None = None) -> str:
     return (root / "mlartifacts").resolve().as_uri()
 
 
+def redact_uri(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URI in it replaced by ``***``.
+
+    Use it on anything that may show a tracking URI (errors, logs, artifacts): credentials belong in
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, but a user may still put them into the URI.
+    """
+    import re
+
+    return re.sub(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@", r"\g<head>:***@", str(text))
+
+
 def _is_http(uri: str) -> bool:
     return uri.split(":", 1)[0] in ("http", "https")
 
@@ -146,7 +157,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             pass
     except OSError as err:
         raise TrackingUnavailableError(
-            f"MLflow tracking server {uri} is unreachable ({err}). Start it (e.g. `mlflow server --host 127.0.0.1 "
+            f"MLflow tracking server {redact_uri(uri)} is unreachable ({redact_uri(err)}). Start it (e.g. `mlflow server --host 127.0.0.1 "
             f"--port {port}`), fix MLFLOW_TRACKING_URI, or unset it to log to the local sqlite:///mlflow.db"
         ) from None
 
@@ -179,7 +190,7 @@ def configure_mlflow(experiment: str, root: str | Path | None = None) -> tuple[M
         exp_id = client.create_experiment(experiment,
                                           artifact_location=None if _is_http(uri) else artifact_location(root))
     elif exp.lifecycle_stage == "deleted":
-        raise ValueError(f"MLflow experiment {experiment!r} is deleted in {uri}; restore it or set another "
+        raise ValueError(f"MLflow experiment {experiment!r} is deleted in {redact_uri(uri)}; restore it or set another "
                          "'experiment' in params.yaml")
     else:
         exp_id = exp.experiment_id
@@ -544,8 +555,8 @@ def upload_pending(run_dir: str | Path, uri: str | None = None) -> dict[str, int
     with _bounded_http(uri):
         counts, failure = _replay(MlflowClient(tracking_uri=uri, registry_uri=uri), run_dir)
     if failure is not None:
-        log.warning("MLflow tracking at %s failed again (%s); %d entries stay in %s", uri,
-                    str(failure).splitlines()[0][:300], counts["remaining"], run_dir / PENDING_FILE)
+        log.warning("MLflow tracking at %s failed again (%s); %d entries stay in %s", redact_uri(uri),
+                    redact_uri(failure).splitlines()[0][:300], counts["remaining"], run_dir / PENDING_FILE)
     return counts
 
 
@@ -832,10 +843,10 @@ def stage_logger(params: Params, stage: str, *, root: str | Path | None = None) 
                             str(failure).splitlines()[0][:300])
         if run_id is not None and not _run_exists(client, run_id):
             if os.environ.get(ENV_RUN_ID, "").strip():
-                raise ValueError(f"${ENV_RUN_ID}={run_id} is not a run in {uri}; unset it or point "
+                raise ValueError(f"${ENV_RUN_ID}={run_id} is not a run in {redact_uri(uri)}; unset it or point "
                                  "MLFLOW_TRACKING_URI at the store that holds it")
             log.warning("run %s from %s/%s is not in %s (store reset?); logging to a new run",
-                        run_id, params.train.run_dir, RUN_ID_FILE, uri)
+                        run_id, params.train.run_dir, RUN_ID_FILE, redact_uri(uri))
             run_id = None
         if run_id is None:
             run = client.create_run(exp_id, tags={"ganops.source": "cli"})

@@ -208,10 +208,6 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ganops.tracking echoes the tracking URI verbatim (check_reachable's TrackingUnavailableError, the deleted-"
-    "experiment and unknown-run errors, the logger's warnings): it needs a _redact(uri) helper "
-    "(urlsplit; netloc password -> '***') used in every message; tracking.py belongs to another engineer"))
 def test_credentials_in_the_tracking_uri_never_reach_errors_logs_or_outputs(tmp_path, monkeypatch, caplog):
     import yaml
 
