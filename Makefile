@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup data run test bench clean-outputs ui
+.PHONY: setup data browser run test bench clean-outputs ui
 
 setup: $(STAMP)
 
@@ -41,11 +41,25 @@ data:
 	  exit 1; \
 	fi
 
+# Headless Chromium for the MLflow UI test (tests/e2e/test_mlflow_ui.py drives it with Playwright); Playwright's own
+# browser download is not used. The Debian package is `chromium` (the CI machine is Debian 12).
+browser:
+	@if command -v chromium >/dev/null || [ -x /usr/bin/chromium ]; then \
+	  exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Chromium for the MLflow UI test (Debian package chromium)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "Chromium not found; the MLflow UI test (tests/e2e/test_mlflow_ui.py) needs it." >&2; \
+	  echo "Install it with: sudo apt-get install chromium   then re-run make test." >&2; \
+	  exit 1; \
+	fi
+
 run: setup data
 	$(BIN)/python flows/pipeline.py
 	$(BIN)/ganops summary
 
-test: setup data
+test: setup data browser
 	$(BIN)/python -m pytest -q
 
 bench: setup data

@@ -14,9 +14,11 @@ Policy (the ``register`` stage):
   read-decide-write of the aliases holds an inter-process lock (:func:`_alias_lock`), so concurrent registrations
   end consistent: the best comparable FID holds ``champion``.
 
-Each version carries a model card (description + tags): FID/KID with protocol and sample count, dataset sha256,
-git commit, DVC data version (md5 of the prepared directory in ``dvc.lock``), training wall time, and the sample
-grid (logged as a model artifact).
+Each version carries a model card: a Markdown description (see :func:`_model_card`; the MLflow UI renders it on the
+version page) and tags. Both hold FID/KID with protocol and sample counts, dataset sha256, git commit, DVC data
+version (md5 of the prepared directory in ``dvc.lock``), training wall time, architecture and loss. The sample grid
+is logged with the model and as run artifact ``model_card/samples-<snapshot sha256[:12]>.png``, which the
+description shows inline and links.
 
 MLflow 3 API: ``log_model(name=...)`` creates a LoggedModel, ``register_model`` a version, aliases replace stages.
 """
@@ -210,10 +212,12 @@ def _model_card(model_name: str, version: str, meta: dict[str, Any], ev: dict[st
     weights = str(ev.get("weights_sha256") or "unknown")
     run_id, exp_id = run.info.run_id, run.info.experiment_id
     lines = [
-        f"### {model_name} v{version}: {tags['arch']} GAN generator (G_ema)",
+        # Plain first line: the registered model's versions table previews the description's start as raw text.
+        f"{model_name} v{version}: {tags['arch']} GAN generator (G_ema), {kind}, {res}×{res}×{ch} uint8 images, "
+        f"FID {float(ev['fid']):.3f}.",
         "",
-        f"{kind.capitalize()} image generator, {res}×{res}×{ch} uint8 images, trained {tags['kimg']} kimg "
-        f"(thousands of real images shown to D) with the `{tags['loss']}` loss in {tags['train_wall_time_s']} s.",
+        f"Trained {tags['kimg']} kimg (thousands of real images shown to D) with the `{tags['loss']}` loss in "
+        f"{tags['train_wall_time_s']} s.",
         "",
         "| quality | value |",
         "|---|---|",
