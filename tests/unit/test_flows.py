@@ -70,3 +70,120 @@ def test_set_args_parse_like_dvc(pipeline):
         "train.diffaugment": "translation,color"}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         pipeline.parse_set_args(["train.loss"])
+
+
+# ---- Typed overrides (PipelineOverrides) ---------------------------------------------------------------------------
+
+def test_overrides_model_mirrors_every_params_key(pipeline):
+    """Generated from ganops.config: every params.yaml key is an optional field with the same constraints."""
+    from ganops.config import Params
+
+    schema = pipeline.PipelineOverrides.model_json_schema()
+    defs = schema["$defs"]
+    for section, info in Params.model_fields.items():
+        name = info.alias or section
+        assert name in schema["properties"], name
+        if section in pipeline._SECTION_OVERRIDES:
+            model = pipeline._SECTION_OVERRIDES[section]
+            assert set(model.model_fields) == set(info.annotation.model_fields), section
+            assert not defs[model.__name__].get("required")  # every field optional
+    train = defs["TrainOverrides"]["properties"]
+    assert train["total_kimg"]["exclusiveMinimum"] == 0 and "default" not in train["total_kimg"]
+    assert train["precision"]["enum"] == ["fp32", "bf16", "fp16", "auto"]
+    assert defs["EvaluateOverrides"]["properties"]["num_samples"]["minimum"] == 2
+
+
+def test_overrides_nested_and_dotted_forms_agree_and_only_set_keys_count(pipeline):
+    nested = pipeline.parse_overrides({"train": {"loss": "hinge", "betas_g": [0.0, 0.99]}, "validate": {"duplicates":
+                                                                                                       "fail"}})
+    dotted = pipeline.parse_overrides({"train.loss": "hinge", "train.betas_g": [0.0, 0.99],
+                                       "validate.duplicates": "fail"})
+    assert nested.dotted() == dotted.dotted() == {"train.loss": "hinge", "train.betas_g": [0.0, 0.99],
+                                                  "validate.duplicates": "fail"}
+    # An explicit null is an override where params.yaml allows null; a left-out key is not.
+    assert pipeline.parse_overrides({"prepare.max_train": None, "seed": 4}).dotted() == {"prepare.max_train": None,
+                                                                                         "seed": 4}
+    assert pipeline.parse_overrides(None).dotted() == {} == pipeline.parse_overrides({"train": {}}).dotted()
+    # The config's field validators come along (DiffAugment names are normalised, Adam betas range-checked).
+    assert pipeline.parse_overrides({"train.diffaugment": "translation, color"}).dotted() == {
+        "train.diffaugment": "translation,color"}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"train": {"betas_g": [1.5, 0.9]}}, r"- train.betas_g: Value error, Adam betas must lie in \[0, 1\)"),
+    ({"train.diffaugment": "zoom"}, r"- train.diffaugment: .*unknown DiffAugment policy"),
+    ({"train.loss": None}, r"- train.loss: Input should be a valid string"),    # not nullable in params.yaml
+    ({"trian.loss": "hinge"}, r"- trian: Extra inputs are not permitted"),       # unknown section
+    ({"train.loss.x": 1}, r"- train.loss.x: Extra inputs are not permitted"),
+    ({"train..loss": 1}, r"not params.yaml keys"),
+])
+def test_bad_overrides_name_the_field(pipeline, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        pipeline.parse_overrides(overrides)
+
+
+def test_cross_field_rules_are_checked_against_params_yaml_before_any_stage(pipeline, project):
+    """prepare.source=folder needs prepare.folder: a rule over two keys, checked with the merged params.yaml."""
+    with pytest.raises(ConfigError, match="prepare.folder must be set"):
+        pipeline.ganops_pipeline.fn(overrides={"prepare": {"source": "folder"}}, project_dir=str(project))
+    assert not (project / "mlflow.db").exists()
+
+
+# ---- Report and FID history ---------------------------------------------------------------------------------------
+
+def _fake_run(project: Path, with_training_evals: bool) -> None:
+    import json
+
+    run_dir = project / "runs" / "train"
+    run_dir.mkdir(parents=True)
+    lines = [{"step": 5, "kimg": 0.16, "loss_G": 1.0, "loss_D": 1.2},
+             {"step": 5, "kimg": 0.16, "diversity_ratio": 0.9}]
+    if with_training_evals:
+        lines += [{"step": 5, "kimg": 0.16, "metric/fid": 301.5, "metric/kid_mean": 0.31, "metric/kid_std": 0.01},
+                  {"step": 10, "kimg": 0.32, "metric/fid": 250.25, "metric/kid_mean": 0.25, "metric/kid_std": 0.01}]
+    (run_dir / "stats.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 11, "kim')
+    (run_dir / "training_options.json").write_text(json.dumps({"eval_num_samples": 8}))
+    (project / "metrics").mkdir()
+    (project / "metrics" / "eval.json").write_text(json.dumps(
+        {"fid": 240.0, "kid_mean": 0.2, "kid_std": 0.01, "num_generated": 16, "num_real": 16, "kimg": 0.32,
+         "protocol": "legacy_tensorflow"}))
+    (project / "reports" / "validation").mkdir(parents=True)
+    (project / "reports" / "validation" / "result.json").write_text(json.dumps(
+        {"success": True, "data_docs": "reports/validation/data_docs/index.html"}))
+    (project / "reports" / "registration.json").write_text(json.dumps(
+        {"model_name": "m", "version": 3, "alias": "champion", "reason": "first", "model_uri": "models:/m@champion"}))
+
+
+def test_fid_history_reads_in_training_evaluations_then_the_evaluate_stage(pipeline, project):
+    _fake_run(project, with_training_evals=True)
+    params = load_params(project / "params.yaml")
+    rows = pipeline.fid_history(project, params)
+    assert rows == [
+        {"source": "training", "step": 5, "kimg": 0.16, "fid": 301.5, "kid_mean": 0.31, "num_samples": 8},
+        {"source": "training", "step": 10, "kimg": 0.32, "fid": 250.25, "kid_mean": 0.25, "num_samples": 8},
+        {"source": "evaluate", "step": None, "kimg": 0.32, "fid": 240.0, "kid_mean": 0.2, "num_samples": 16},
+    ]
+    md = pipeline.summary_markdown(project, params, "abc123", "7", [pipeline.StageResult("train", True, 2.0)])
+    assert "| training | 10 | 0.32 | 250.2 | 0.25 | 8 |" in md and "| evaluate |  | 0.32 | 240 | 0.2 | 16 |" in md
+    assert "| fid | 240.0 |" in md
+    assert "version **3**, alias **@champion**" in md
+    assert "(http://127.0.0.1:5000/#/experiments/7/runs/abc123)" in md and "mlflow ui --backend-store-uri" in md
+    assert f"({(project / 'runs/train/fakes-latest.png').as_uri()})" in md
+    assert f"({(project / 'reports/validation/data_docs/index.html').as_uri()})" in md
+    assert "No in-training evaluations" not in md
+
+
+def test_report_without_training_evaluations_or_outputs_says_so(pipeline, project):
+    params = load_params(project / "params.yaml")
+    md = pipeline.summary_markdown(project, params, "r", "1", [])
+    assert pipeline.fid_history(project, params) == []
+    assert "No FID yet" in md and "Nothing registered in this run." in md
+    _fake_run(project, with_training_evals=False)
+    assert [r["source"] for r in pipeline.fid_history(project, params)] == ["evaluate"]
+    assert "No in-training evaluations" in pipeline.summary_markdown(project, params, "r", "1", [])
+
+
+def test_mlflow_link_uses_a_tracking_server_when_configured(pipeline, project, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5055")
+    md = pipeline.summary_markdown(project, load_params(project / "params.yaml"), "r1", "2", [])
+    assert "(http://127.0.0.1:5055/#/experiments/2/runs/r1)" in md and "mlflow ui" not in md
