@@ -13,16 +13,9 @@ both (``make browser``).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +23,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from .conftest import REPO, project_env, run
+from tests.mlflow_server import running_mlflow_server
+
+from .conftest import REPO, run
 
 pytestmark = pytest.mark.e2e
 
@@ -44,68 +39,15 @@ UI_PARAMS = {
     "evaluate": {"num_samples": 16, "batch_size": 16, "kid_subsets": 5, "kid_subset_size": 8},
     "register": {"model_name": MODEL},
 }
-SERVER_START_S = 180  # a fresh server imports MLflow's FastAPI app: ~15 s idle, much longer on a loaded 2-core box
 UI_TIMEOUT_MS = 90_000  # the React app fetches its bundle (several MB) and then the registry over REST
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited {proc.returncode} before answering:\n{log_path.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"mlflow server at {url} did not answer /health within {SERVER_START_S} s:\n"
-                f"{log_path.read_text()[-4000:]}")
 
 
 @pytest.fixture()
 def mlflow_server(tmp_path, migrated_mlflow_db):
-    """``mlflow server`` on 127.0.0.1:<free port>: SQLite backend (schema pre-migrated), artifacts served by it.
-
-    Yields the base URL. The server and its workers run in their own process group, killed at teardown.
-    """
-    store = tmp_path / "server"
-    store.mkdir()
-    shutil.copy(migrated_mlflow_db, store / "mlflow.db")
-    url = f"http://127.0.0.1:{_free_port()}"
-    log_path = store / "server.log"
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
-           "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-           "--artifacts-destination", str(store / "artifacts"),
-           "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1"]
-    # No background job runner (5 Huey consumer processes, for GenAI jobs this test does not use).
-    env = {**project_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=store, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        _wait_healthy(url, proc, log_path)
-        yield url
-    finally:
-        for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            if proc.poll() is not None:
-                break
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait_s)
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):  # anything of the group still alive
-            os.killpg(proc.pid, signal.SIGKILL)
+    """``mlflow server`` on 127.0.0.1:<free port> (tests/mlflow_server.py): SQLite backend with the schema already
+    migrated, artifacts served by it; its process group is stopped at teardown. Yields the base URL."""
+    with running_mlflow_server(tmp_path / "server", migrated_mlflow_db) as server:
+        yield server.uri
 
 
 def _tiny_ui_project(project: Path) -> None:
@@ -227,3 +169,9 @@ def test_review_champion_in_mlflow_ui(tiny_project, mlflow_server):
         assert path.stat().st_size > 10_000, f"{path} looks empty"
     print(json.dumps({"mlflow_ui_screenshots": [str(p) for p in shots.values()], "dvc_repro_s": round(pipeline_s, 1),
                       "ui_checks_s": round(ui_s, 1)}))
+
+
+def test_missing_chromium_is_a_failure_naming_the_install_command(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: "/nonexistent/chromium")
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install chromium"):
+        _launch_chromium(playwright=None)
