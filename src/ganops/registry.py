@@ -376,12 +376,45 @@ def register(cfg: RegisterConfig, *, run_dir: str | Path, eval_json: str | Path,
 
     existing = find_version_by_snapshot(client, cfg.model_name, snapshot_sha)
     if existing is not None:
+        # search_model_versions leaves ``aliases`` empty; the single-version read fills it.
+        existing = client.get_model_version(cfg.model_name, existing.version)
         alias = next(iter(existing.aliases), None) if existing.aliases else None
         record = _record(cfg, existing, alias, "snapshot already registered", ev, snapshot_sha, None, False)
-    else:
-        record = _log_and_register(cfg, client, run_id, run_dir, snapshot, snapshot_sha, ev)
-    write_json(cfg.out, record)
+        write_json(cfg.out, record)
+        return record
+    _check_writable(cfg.out)  # fail before registering anything when the report cannot be written
+    displaced = _champion(client, cfg.model_name)
+    record = _log_and_register(cfg, client, run_id, run_dir, snapshot, snapshot_sha, ev)
+    try:
+        write_json(cfg.out, record)
+    except OSError:
+        _unregister(client, cfg.model_name, record["version"], displaced)
+        raise
     return record
+
+
+def _check_writable(path: str | Path) -> None:
+    """Create and remove a probe file beside ``path``. Raises OutputWriteError (naming ``path``) when impossible."""
+    from ganops.io import atomic_write
+
+    probe = Path(path).with_name(f".{Path(path).name}.probe")
+    with atomic_write(probe, "w") as f:
+        f.write("")
+    probe.unlink(missing_ok=True)
+
+
+def _unregister(client: Any, model_name: str, version: int, displaced: Any | None) -> None:
+    """Undo a registration whose report could not be written: delete the new version, give the champion alias
+    back to the version that held it. Best effort: a failure here is logged, the original error is what is raised."""
+    try:
+        client.delete_model_version(model_name, str(version))
+        if displaced is not None:
+            client.set_registered_model_alias(model_name, "champion", displaced.version)
+        log.warning("%s version %s was unregistered again: its registration report could not be written",
+                    model_name, version)
+    except Exception as err:  # noqa: BLE001 - keep the write error as the one the user sees
+        log.error("could not undo the registration of %s version %s (%s); delete it in the MLflow UI",
+                  model_name, version, err)
 
 
 def _log_and_register(cfg: RegisterConfig, client: Any, run_id: str, run_dir: Path, snapshot: Path,

@@ -316,9 +316,10 @@ def test_evaluate_disk_full_keeps_old_eval_json_and_nothing_is_registered(traine
 
 
 @pytest.mark.e2e
-def test_register_disk_full_on_the_report_fails_and_a_retry_registers_nothing_new(trained_project, monkeypatch):
+def test_register_disk_full_on_the_report_unregisters_and_a_retry_registers_once(trained_project, monkeypatch):
     """The report is written after the version is created (it needs the version number): a full disk there fails
-    the stage, and the retry finds the version by its snapshot hash instead of registering a second one."""
+    the stage and the new version is deleted again (nothing registered from a failed stage); the retry registers
+    the snapshot once."""
     from mlflow import MlflowClient
 
     from ganops.io import sha256_file
@@ -337,11 +338,18 @@ def test_register_disk_full_on_the_report_fails_and_a_retry_registers_nothing_ne
     assert made and result.exit_code == 1, result.output
     assert "ganops register: error: cannot write reports/registration.json: No space left on device" in result.output
     assert report.read_bytes() == before and _temp_leftovers(trained_project) == []
+    client = MlflowClient()
+    assert client.search_model_versions("name = 'faults-gan'") == []  # the new version was deleted again
 
     result = _cli("register", "--params", "params.yaml")
     assert result.exit_code == 0, result.output
     record = json.loads(report.read_text())
-    assert (record["version"], record["newly_registered"]) == (1, False)
-    client = MlflowClient()
-    assert len(client.search_model_versions("name = 'faults-gan'")) == 1
-    assert int(client.get_model_version_by_alias("faults-gan", "champion").version) == 1
+    assert record["newly_registered"] is True and record["alias"] == "champion"
+    versions = client.search_model_versions("name = 'faults-gan'")
+    assert [int(v.version) for v in versions] == [record["version"]]
+    assert int(client.get_model_version_by_alias("faults-gan", "champion").version) == record["version"]
+    # A repeat reports the alias the version holds (search results carry no aliases; the single read does).
+    assert _cli("register", "--params", "params.yaml").exit_code == 0
+    again = json.loads(report.read_text())
+    assert (again["version"], again["newly_registered"], again["alias"]) == (record["version"], False, "champion")
+
