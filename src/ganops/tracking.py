@@ -611,11 +611,12 @@ LOSS_CSV = "loss.csv"
 LOSS_COLUMNS = ("step", "kimg", "loss_G", "loss_D")
 
 
-def export_loss_csv(run_dir: str | Path) -> Path | None:
-    """Write ``<run_dir>/loss.csv`` (columns step, kimg, loss_G, loss_D) from the loss lines of ``stats.jsonl``.
+def _export_stats_csv(run_dir: str | Path, name: str, columns: tuple[str, ...], marker: str,
+                      rename: dict[str, str] | None = None) -> Path | None:
+    """Write ``<run_dir>/<name>`` (CSV, header ``columns``) from the ``stats.jsonl`` lines holding ``marker``.
 
-    DVC plots read CSV/JSON/YAML but not JSON Lines; this is the ``plots:`` file of ``dvc.yaml``. Lines without
-    ``loss_G`` (sample-interval and evaluation entries) are skipped. Returns None when ``stats.jsonl`` is absent.
+    ``rename`` maps a CSV column to its key in ``stats.jsonl`` when they differ. Returns None when ``stats.jsonl``
+    is absent; otherwise the file is written (atomically), with only the header when no line matches.
     """
     import csv
     import io
@@ -626,17 +627,42 @@ def export_loss_csv(run_dir: str | Path) -> Path | None:
     stats = Path(run_dir) / "stats.jsonl"
     if not stats.is_file():
         return None
+    keys = [(rename or {}).get(c, c) for c in columns]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(LOSS_COLUMNS)
+    writer.writerow(columns)
     for line in stats.read_text().splitlines():
         entry = json.loads(line) if line.strip() else {}
-        if "loss_G" in entry:
-            writer.writerow([entry.get(k, "") for k in LOSS_COLUMNS])
-    out = Path(run_dir) / LOSS_CSV
+        if marker in entry:
+            writer.writerow([entry.get(k, "") for k in keys])
+    out = Path(run_dir) / name
     with atomic_write(out, "w") as f:
         f.write(buf.getvalue())
     return out
+
+
+def export_loss_csv(run_dir: str | Path) -> Path | None:
+    """Write ``<run_dir>/loss.csv`` (columns step, kimg, loss_G, loss_D) from the loss lines of ``stats.jsonl``.
+
+    DVC plots read CSV/JSON/YAML but not JSON Lines; this is a ``plots:`` file of ``dvc.yaml``. Lines without
+    ``loss_G`` (sample-interval and evaluation entries) are skipped. Returns None when ``stats.jsonl`` is absent.
+    """
+    return _export_stats_csv(run_dir, LOSS_CSV, LOSS_COLUMNS, "loss_G")
+
+
+FID_CSV = "fid.csv"
+FID_COLUMNS = ("step", "kimg", "fid", "kid_mean", "kid_std", "num_generated")
+
+
+def export_fid_csv(run_dir: str | Path) -> Path | None:
+    """Write ``<run_dir>/fid.csv`` (columns step, kimg, fid, kid_mean, kid_std, num_generated): one row per
+    in-training evaluation (``metric/*`` lines of ``stats.jsonl``), the FID-curve file of ``dvc.yaml``'s plots.
+
+    Only the header when in-training evaluation is off (``train.eval_every_kimg: 0``). Returns None when
+    ``stats.jsonl`` is absent.
+    """
+    return _export_stats_csv(run_dir, FID_CSV, FID_COLUMNS, "metric/fid",
+                             {c: f"metric/{c}" for c in FID_COLUMNS[2:]})
 
 
 FID_PLOT = "fid_over_training.png"
@@ -703,8 +729,9 @@ def _log_stage_outputs(logger: MlflowLogger, params: Params, stage: str) -> None
     """Attach the small, human-readable outputs of a stage to the run (never arrays or checkpoints).
 
     Every stage attaches the resolved config (``config/params.resolved.yaml``); train adds the FID-over-training
-    plot when in-training evaluation ran; evaluate adds the evaluated sample grid (``evaluation/``). eval.json and
-    the model are logged by evaluate and register themselves.
+    plot, ``fid.csv`` and the Great Expectations Data Docs site (``data/validation/data_docs/``, tag
+    ``ganops.data_docs``); evaluate adds the evaluated sample grid
+    (``evaluation/``). eval.json and the model are logged by evaluate and register themselves.
     """
     import tempfile
 
@@ -725,11 +752,18 @@ def _log_stage_outputs(logger: MlflowLogger, params: Params, stage: str) -> None
     if stage in ("validate", "train") and report_dir.is_dir():
         files.extend((p, "data/validation") for p in sorted(report_dir.iterdir()) if p.is_file())
     if stage == "train":
-        files.extend((run_dir / n, "train") for n in ("training_options.json", "train.json", LOSS_CSV))
+        files.extend((run_dir / n, "train") for n in ("training_options.json", "train.json", LOSS_CSV, FID_CSV))
         files.append((run_dir / "fakes-latest.png", "samples"))
     for path, dest in files:
         if path.is_file():
             logger.log_artifact(path, dest)
+    docs = report_dir / "data_docs"
+    if stage == "train" and (docs / "index.html").is_file():
+        # The Great Expectations Data Docs site the training data passed, browsable from the run's artifacts (train,
+        # not validate: under plain `dvc repro` validate has no run); the tag says where to open it.
+        logger.log_artifact(docs, "data/validation/data_docs")
+        logger.set_tags({"ganops.data_docs": "data/validation/data_docs/index.html (run artifact); local: "
+                                             f"{(docs / 'index.html').resolve()}"})
 
 
 SYSTEM_METRICS_INTERVAL_S = 2.0  # MLflow's default (10 s) leaves short runs with one sample or none
@@ -866,7 +900,8 @@ def stage_logger(params: Params, stage: str, *, root: str | Path | None = None) 
             yield logger
             logger.flush()
             if stage == "train":
-                export_loss_csv(params.train.run_dir)  # the dvc.yaml plots file, inside the train output
+                export_loss_csv(params.train.run_dir)  # the dvc.yaml plots files, inside the train output
+                export_fid_csv(params.train.run_dir)
             _log_stage_outputs(logger, params, stage)
             logger.set_tags({STATUS_TAG.format(stage=stage): "ok"})
             status = "FINISHED"

@@ -39,6 +39,10 @@ def assert_pipeline_result(project: Path, client) -> dict:
     assert run_.data.params["train.ngf"] == "16"
     artifacts = {f.path for f in client.list_artifacts(reg["run_id"], "samples")}
     assert "samples/fakes-latest.png" in artifacts
+    # The Great Expectations Data Docs site travels with the run, and a tag says where to open it.
+    docs = {f.path for f in client.list_artifacts(reg["run_id"], "data/validation/data_docs")}
+    assert "data/validation/data_docs/index.html" in docs
+    assert run_.data.tags["ganops.data_docs"].startswith("data/validation/data_docs/index.html")
     return reg
 
 
@@ -65,7 +69,7 @@ def test_dvc_repro_fresh_copy_then_noop(tiny_project):
     loss_rows = (tiny_project / "runs/train/loss.csv").read_text().splitlines()
     assert loss_rows[0] == "step,kimg,loss_G,loss_D" and len(loss_rows) >= 3
     plots = json.loads(run(["dvc", "plots", "show", "--json"], tiny_project).stdout)
-    assert "runs/train/loss.csv" in plots["data"]
+    assert "runs/train/loss.csv" in plots["data"] and "runs/train/fid.csv" in plots["data"]
 
     second = run(["dvc", "repro"], tiny_project)
     assert "Running stage" not in second.stdout and "up to date" in second.stdout

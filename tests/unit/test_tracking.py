@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 
@@ -174,3 +176,48 @@ def test_fid_plot_only_when_stats_hold_fid(tmp_path):
     assert plot_fid_over_training(tmp_path, tmp_path / "p.png") is None  # no stats.jsonl
     (tmp_path / "stats.jsonl").write_text(json.dumps({"step": 1, "kimg": 0.1, "loss_G": 1.0}) + "\n")
     assert plot_fid_over_training(tmp_path, tmp_path / "p.png") is None and not (tmp_path / "p.png").exists()
+
+
+def test_export_fid_csv_keeps_only_evaluation_lines(tmp_path):
+    from ganops.tracking import export_fid_csv
+
+    lines = [{"step": 1, "kimg": 0.064, "loss_G": 1.5, "loss_D": 0.7},
+             {"step": 10, "kimg": 0.64, "metric/fid": 80.5, "metric/kid_mean": 0.04, "metric/kid_std": 0.001,
+              "metric/num_generated": 500.0},
+             {"step": 20, "kimg": 1.28, "metric/fid": 60.25, "metric/kid_mean": 0.03, "metric/kid_std": 0.002,
+              "metric/num_generated": 500.0}]
+    (tmp_path / "stats.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert export_fid_csv(tmp_path).read_text() == (
+        "step,kimg,fid,kid_mean,kid_std,num_generated\n10,0.64,80.5,0.04,0.001,500.0\n20,1.28,60.25,0.03,0.002,500.0\n")
+    (tmp_path / "stats.jsonl").write_text(json.dumps(lines[0]) + "\n")  # in-training evaluation off
+    assert export_fid_csv(tmp_path).read_text() == "step,kimg,fid,kid_mean,kid_std,num_generated\n"
+    assert export_fid_csv(tmp_path / "missing") is None
+
+
+def test_dvc_plots_show_renders_the_loss_and_fid_curves(tmp_path):
+    """The project's dvc.yaml plots section, on the CSVs the train stage exports: both curves with their rows."""
+    import shutil
+    import subprocess
+    import sys
+
+    from ganops.tracking import export_fid_csv, export_loss_csv
+
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copy(repo / "dvc.yaml", tmp_path / "dvc.yaml")
+    run_dir = tmp_path / "runs" / "train"
+    run_dir.mkdir(parents=True)
+    lines = [{"step": s, "kimg": s * 0.064, "loss_G": 1.0 / s, "loss_D": 0.5} for s in range(1, 4)]
+    lines.append({"step": 3, "kimg": 0.192, "metric/fid": 70.0, "metric/kid_mean": 0.05})
+    (run_dir / "stats.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    export_loss_csv(run_dir)
+    export_fid_csv(run_dir)
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, env=env)
+    out = subprocess.run([dvc, "plots", "show", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)["data"]
+    assert len(data["runs/train/loss.csv"][0]["content"]["data"]["values"]) == 6  # 3 steps x (loss_G, loss_D)
+    fid_values = data["runs/train/fid.csv"][0]["content"]["data"]["values"]
+    assert [float(v["fid"]) for v in fid_values] == [70.0]
