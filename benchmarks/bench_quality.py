@@ -1,0 +1,130 @@
+"""Quality benchmark (issue 4): train a preset on Fashion-MNIST and report FID under the protocol of Lucic et al. 2018.
+
+Protocol ("Are GANs Created Equal?", Lucic et al., NeurIPS 2018): 10,000 generated samples vs the 10,000 test
+images, TF Inception 2015-12-05 pool3 features, images resized to 299 x 299 with TF1 bilinear resize (our
+``legacy_tensorflow`` protocol), grayscale replicated to 3 channels. Their best Fashion-MNIST FIDs after large
+hyper-parameter searches are in ``LUCIC_2018``.
+
+Each configuration is a full params file (default: ``benchmarks/presets/lucic_fmnist.yaml``) plus ``-S key=value``
+overrides; it runs ``ganops prepare``, ``ganops train`` and ``ganops evaluate`` in their own interpreters (the same
+commands as the pipeline), times each stage and prints one JSON object, which is also merged into
+``benchmarks/quality_results.json`` under ``--name``. Training resumes when its run dir holds a training state, so a
+killed benchmark can be restarted; ``train_wall_s`` then covers only the last invocation and ``train_wall_s_total``
+(from ``train.json``) the whole run.
+
+    .venv/bin/python benchmarks/bench_quality.py                                  # the recommended preset
+    .venv/bin/python benchmarks/bench_quality.py --name hinge_sn -S train.loss=hinge -S train.spectral_norm=true \
+        -S train.total_kimg=200 -S evaluate.num_samples=2000                       # an ablation point
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from machine_info import machine  # noqa: E402
+
+GANOPS = str(Path(sys.executable).with_name("ganops"))
+DEFAULT_PRESET = HERE / "presets" / "lucic_fmnist.yaml"
+RESULTS = HERE / "quality_results.json"
+# Lucic et al. 2018, Fashion-MNIST, best FID per loss after their hyper-parameter search (Table/Figure of the paper).
+LUCIC_2018 = {"WGAN": 21.5, "BEGAN": 22.9, "WGAN-GP": 24.5, "NS GAN": 26.5, "MM GAN": 29.6, "LSGAN": 30.7}
+TARGET_FID, STRETCH_FID = 21.5, 15.0
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = key.split(".")
+    for p in parents:
+        if not isinstance(node.get(p), dict):
+            raise SystemExit(f"-S {key}: {p!r} is not a params section")
+        node = node[p]
+    node[leaf] = value
+
+
+def make_params(preset: Path, name: str, overrides: list[str]) -> Path:
+    """The preset with ``overrides`` applied and this configuration's own run dir / eval file (``runs/quality/NAME``)."""
+    params = yaml.safe_load(preset.read_text())
+    if name != "preset":
+        params["train"]["run_dir"] = f"runs/quality/{name}/train"
+        params["evaluate"]["out"] = f"runs/quality/{name}/eval.json"
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"-S {item!r}: expected KEY=VALUE")
+        _set_dotted(params, key.strip(), yaml.safe_load(value))
+    out = ROOT / "runs" / "quality" / name / "params.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(params, sort_keys=False))
+    return out
+
+
+def run_stage(stage: str, params_file: Path) -> float:
+    """``ganops <stage> -p params_file`` -> wall seconds. Raises SystemExit with the stage's output tail on failure."""
+    t = time.perf_counter()
+    proc = subprocess.run([GANOPS, stage, "-p", str(params_file)], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"ganops {stage} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return round(time.perf_counter() - t, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", type=Path, default=DEFAULT_PRESET)
+    ap.add_argument("--name", default="preset", help="configuration name (key in quality_results.json)")
+    ap.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--skip-train", action="store_true", help="evaluate the run dir's current snapshot only")
+    args = ap.parse_args()
+
+    params_file = make_params(args.preset, args.name, args.set_param)
+    params = yaml.safe_load(params_file.read_text())
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    walls = {"prepare_wall_s": run_stage("prepare", params_file)}
+    if not args.skip_train:
+        walls["train_wall_s"] = run_stage("train", params_file)
+    walls["evaluate_wall_s"] = run_stage("evaluate", params_file)
+
+    run_dir = ROOT / params["train"]["run_dir"]
+    train = json.loads((run_dir / "train.json").read_text())
+    ev = json.loads((ROOT / params["evaluate"]["out"]).read_text())
+    t = params["train"]
+    result = {
+        "name": args.name, "started": started, "machine": machine(),
+        "config": {k: t[k] for k in ("arch", "loss", "ngf", "ndf", "batch_size", "total_kimg", "lr_g", "lr_d",
+                                     "betas_g", "betas_d", "ema_halflife_kimg", "spectral_norm", "r1_gamma",
+                                     "diffaugment", "eval_every_kimg", "eval_num_samples") if k in t},
+        "overrides": args.set_param,
+        **walls,
+        "train_wall_s_total": round(float(train.get("wall_time_s", 0.0)), 1),
+        "kimg": train.get("kimg"), "images_shown_to_D": int(round(float(train.get("kimg", 0)) * 1000)),
+        "best_in_training_fid": train.get("best_fid"),
+        "fid": round(ev["fid"], 3), "kid_mean": ev["kid_mean"], "kid_std": ev["kid_std"],
+        "num_generated": ev["num_generated"], "num_real": ev["num_real"], "protocol": ev["protocol"],
+        "weights_sha256": ev["weights_sha256"], "snapshot_kimg": ev.get("kimg"),
+        "lucic_2018_best": LUCIC_2018,
+        "target": {"fid_le": TARGET_FID, "met": ev["fid"] <= TARGET_FID and ev["num_generated"] >= 10000,
+                   "stretch_le": STRETCH_FID, "stretch_met": ev["fid"] <= STRETCH_FID and ev["num_generated"] >= 10000,
+                   "train_within_60_min": float(train.get("wall_time_s", 1e9)) <= 3600},
+    }
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[args.name] = result
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, RESULTS)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
