@@ -187,3 +187,52 @@ def test_mlflow_link_uses_a_tracking_server_when_configured(pipeline, project, m
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5055")
     md = pipeline.summary_markdown(project, load_params(project / "params.yaml"), "r1", "2", [])
     assert "(http://127.0.0.1:5055/#/experiments/2/runs/r1)" in md and "mlflow ui" not in md
+
+
+# ---- Skipping DVC start-ups for stages `dvc status` reports unchanged ---------------------------------------------
+
+def test_stages_run_from_the_first_changed_one(pipeline):
+    every = list(pipeline.STAGES)
+    assert pipeline.stages_to_run(every, set()) == []                              # a no-op: no `dvc repro` at all
+    assert pipeline.stages_to_run(every, {"train"}) == ["train", "evaluate", "register"]
+    assert pipeline.stages_to_run(every, {"register", "validate"}) == every[1:]   # order comes from the pipeline
+    assert pipeline.stages_to_run(["evaluate", "register"], {"train"}) == []      # unselected upstream stays unrun
+    assert pipeline.stages_to_run(every, None) == every                            # status unknown: ask DVC per stage
+
+
+def test_changed_stages_is_none_when_dvc_status_fails(pipeline, tmp_path):
+    assert pipeline.changed_stages(tmp_path) is None  # not a DVC repository
+
+
+def test_fid_history_reads_what_the_training_loop_writes(pipeline, project):
+    """The real loop (tiny, CPU) with a stand-in metric: the history has its evaluations in order, as it logged them
+    (the FID values come from the stand-in; computing real ones needs the Inception network, see tests/e2e)."""
+    import json
+
+    import numpy as np
+
+    from ganops.config import TrainConfig, parse_params
+    from ganops.training.loop import training_loop
+
+    prepared = project / "prepared"
+    prepared.mkdir()
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 255, (32, 1, 8, 8)).astype(np.uint8), np.arange(32) % 2
+    np.savez(prepared / "train.npz", images=images, labels=labels)
+    np.savez(prepared / "test.npz", images=images[:8], labels=labels[:8])
+    (prepared / "summary.json").write_text(json.dumps({
+        "source": "synthetic", "resolution": 8, "channels": 1, "num_classes": 2, "class_names": ["a", "b"],
+        "counts": {"train": 32, "test": 8}, "dataset_sha256": "synthetic"}))
+    fids = iter([300.0, 250.0, 275.0, 260.0])
+    train = dict(z_dim=8, ngf=8, ndf=8, batch_size=8, total_kimg=0.032, sample_every_kimg=0.016,
+                 checkpoint_every_kimg=0.016, eval_every_kimg=0.016, eval_num_samples=6, log_every_steps=1,
+                 grid_size=2, mode_collapse_num_images=8, device="cpu", channels_last=False, num_threads=1,
+                 run_dir=str(project / "runs" / "train"))
+    training_loop(TrainConfig(**train), prepared_dir=prepared, seed=0, progress=False,
+                  metric_fn=lambda G: {"fid": next(fids), "kid_mean": 0.1})
+    params = parse_params({"train": {**train, "run_dir": "runs/train"}})
+    rows = pipeline.fid_history(project, params)
+    assert [r["source"] for r in rows] == ["training"] * len(rows) and len(rows) >= 2
+    assert [r["fid"] for r in rows] == [300.0, 250.0, 275.0, 260.0][:len(rows)]
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows) and rows[-1]["kimg"] == pytest.approx(0.032)
+    assert {r["num_samples"] for r in rows} == {6} and {r["kid_mean"] for r in rows} == {0.1}
