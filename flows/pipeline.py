@@ -330,7 +330,10 @@ def _fmt(value: Any) -> str:
 
 
 def _mlflow_run_url(uri: str, exp_id: str, run_id: str) -> str:
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    from ganops.tracking import redact_uri
+
+    # A user:password@ part never goes into the report (it is shown to everyone who can see the flow run).
+    base = redact_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{exp_id}/runs/{run_id}"
 
 

@@ -236,3 +236,9 @@ def test_fid_history_reads_what_the_training_loop_writes(pipeline, project):
     assert [r["fid"] for r in rows] == [300.0, 250.0, 275.0, 260.0][:len(rows)]
     assert [r["step"] for r in rows] == sorted(r["step"] for r in rows) and rows[-1]["kimg"] == pytest.approx(0.032)
     assert {r["num_samples"] for r in rows} == {6} and {r["kid_mean"] for r in rows} == {0.1}
+
+
+def test_report_link_to_the_mlflow_run_never_carries_a_password(pipeline):
+    url = pipeline._mlflow_run_url("https://alice:s3cr3t@mlflow.example.org:5000/", "7", "abc123")
+    assert url == "https://alice:***@mlflow.example.org:5000/#/experiments/7/runs/abc123"
+    assert pipeline._mlflow_run_url("sqlite:////tmp/mlflow.db", "1", "r").startswith("http://127.0.0.1:5000/#/")
