@@ -105,7 +105,9 @@ class TrainConfig(_Strict):
     run_dir: str = "runs/train"
     # What to do when run_dir holds a training state made with another architecture config (arch, widths, loss,
     # spectral norm, conditioning, dataset): "refuse" raises ResumeMismatchError; "restart" deletes that run's
-    # training outputs and trains from scratch (for DVC experiments, whose previous outputs stay in the DVC cache).
+    # training outputs and trains from scratch (for DVC experiments, whose previous outputs stay in the DVC cache);
+    # "restart" also retrains when a training hyper-parameter changed (lr, betas, EMA, R1, augmentation, batch size:
+    # anything but total_kimg, the intervals, device/threads/precision), "refuse" resumes with it and warns.
     on_config_change: Literal["refuse", "restart"] = "refuse"
 
     @field_validator("betas_g", "betas_d")

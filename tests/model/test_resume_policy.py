@@ -54,3 +54,25 @@ def test_restart_still_resumes_a_compatible_state(tmp_path, prepared):
     out = training_loop(tiny_cfg(run, total_kimg=0.08, on_config_change="restart"), prepared_dir=prepared, seed=0,
                         progress=False)
     assert out["resumed_from_step"] == 5 and out["step"] == 10
+
+
+def test_restart_retrains_when_a_hyper_parameter_changed(tmp_path, prepared):
+    """``dvc exp run -S train.lr_g=...`` restores the persisted run dir: with ``restart`` a changed learning rate
+    trains from scratch (bit-equal to a fresh run) instead of continuing, or silently returning, the old run."""
+    run = tmp_path / "r"
+    training_loop(tiny_cfg(run, on_config_change="restart"), prepared_dir=prepared, seed=0, progress=False)
+    out = training_loop(tiny_cfg(run, lr_g=1e-4, on_config_change="restart"), prepared_dir=prepared, seed=0,
+                        progress=False)
+    ref = training_loop(tiny_cfg(tmp_path / "fresh", lr_g=1e-4), prepared_dir=prepared, seed=0, progress=False)
+    assert out["resumed_from_step"] is None and out["step"] == ref["step"] == 5
+    a, b = load_torch(run / "training-state.pt"), load_torch(tmp_path / "fresh" / "training-state.pt")
+    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
+    assert a["options"]["lr_g"] == 1e-4
+
+
+def test_refuse_resumes_a_changed_hyper_parameter_as_asked(tmp_path, prepared):
+    """The default policy only guards the architecture: resuming with another learning rate is allowed (warned)."""
+    run = tmp_path / "r"
+    training_loop(tiny_cfg(run), prepared_dir=prepared, seed=0, progress=False)
+    out = training_loop(tiny_cfg(run, lr_g=1e-4, total_kimg=0.08), prepared_dir=prepared, seed=0, progress=False)
+    assert out["resumed_from_step"] == 5 and out["step"] == 10

@@ -156,6 +156,15 @@ def _truncate_stats(path: Path, keep_through_step: int) -> None:
         f.write("".join(ln + "\n" for ln in kept))
 
 
+# Options a run may resume with when they change (train.on_config_change=restart restarts on any other change):
+# its length, logging / sampling / checkpoint / evaluation intervals, where and how fast it runs, and the policy.
+RESUMABLE_OPTIONS = frozenset({
+    "total_kimg", "log_every_steps", "sample_every_kimg", "checkpoint_every_kimg", "eval_every_kimg",
+    "eval_num_samples", "grid_size", "device", "num_threads", "num_workers", "precision", "channels_last",
+    "run_dir", "on_config_change", "mode_collapse_threshold", "mode_collapse_num_images", "grad_norm_limit",
+})
+
+
 def _discard_training_outputs(run_dir: Path) -> None:
     # Only what this loop writes; other files in run_dir (e.g. the tracker's mlflow_run.json) stay.
     patterns = ("training-state.pt", "stats.jsonl", "train.json", "network-snapshot*.pt", "fakes*.png")
@@ -282,6 +291,17 @@ def training_loop(
                     "discarding its training outputs and training from scratch", state_path, "; ".join(diffs))
         _discard_training_outputs(run_dir)
         state = None
+    if state is not None and cfg.on_config_change == "restart":
+        # A changed hyper-parameter (learning rate, betas, EMA, R1, augmentation, batch size...) is another
+        # experiment: `dvc exp run -S train.lr_g=...` restores the persisted run dir, and resuming it would silently
+        # continue (or, past total_kimg, just return) the previous run. Length, intervals and device may change.
+        retrained = [d for d in arch_mismatch(state["options"], cfg.model_dump(mode="json"))
+                     if d.split(":", 1)[0] not in RESUMABLE_OPTIONS]
+        if retrained:
+            log.warning("%s was trained with other hyper-parameters (%s); train.on_config_change=restart: "
+                        "training from scratch", state_path, "; ".join(retrained))
+            _discard_training_outputs(run_dir)
+            state = None
     if state is not None:
         changed = arch_mismatch(state["options"], cfg.model_dump(mode="json"))
         if changed:
