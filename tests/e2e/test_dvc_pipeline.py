@@ -88,6 +88,8 @@ def test_dvc_experiment_with_another_loss_then_push_clone_pull(tiny_project):
     client = tracking_client(tiny_project)
     run(["dvc", "repro"], tiny_project)
     first = json.loads((tiny_project / "reports/registration.json").read_text())
+    run(["git", "add", "dvc.lock"], tiny_project)
+    run(["git", "commit", "-qm", "baseline"], tiny_project)
 
     # runs/train is persisted (resume), so the experiment finds a non_saturating training state there; with
     # train.on_config_change=restart it trains hinge from scratch instead of failing with ResumeMismatchError.
@@ -103,6 +105,10 @@ def test_dvc_experiment_with_another_loss_then_push_clone_pull(tiny_project):
     assert client.get_model_version(second["model_name"], str(second["version"])).tags["loss"] == "hinge"
     shown = json.loads(run(["dvc", "exp", "show", "--json"], tiny_project).stdout)
     assert "hinge" in json.dumps(shown)
+    # `dvc metrics diff`: the committed baseline vs the hinge experiment in the workspace.
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], tiny_project).stdout)
+    fid = diff["metrics/eval.json"]["fid"]
+    assert (fid["old"], fid["new"]) == (first["fid"], second["fid"])
 
     # Keep the experiment in git, push its data to the default remote (a sibling folder), restore it in a clone.
     run(["git", "add", "dvc.lock", "params.yaml"], tiny_project)
