@@ -7,6 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 BIN := $(VENV)/bin
+UI_PORT ?= 5000
 STAMP := $(VENV)/.ganops-installed
 
 export MLFLOW_DISABLE_TELEMETRY ?= true
@@ -66,4 +67,4 @@ bench: setup data
 	$(BIN)/python benchmarks/run_all.py
 
 ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(UI_PORT)

@@ -353,3 +353,17 @@ def test_register_disk_full_on_the_report_unregisters_and_a_retry_registers_once
     again = json.loads(report.read_text())
     assert (again["version"], again["newly_registered"], again["alias"]) == (record["version"], False, "champion")
 
+
+
+def test_atomic_outputs_get_the_mode_a_plain_open_would(tmp_path):
+    """mkstemp makes 0600 files; a written output follows the umask (or keeps the replaced file's mode)."""
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "new.json", {"a": 1})
+        assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o644
+        (tmp_path / "kept.json").write_text("{}")
+        os.chmod(tmp_path / "kept.json", 0o640)
+        write_json(tmp_path / "kept.json", {"b": 2})
+        assert stat.S_IMODE((tmp_path / "kept.json").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
