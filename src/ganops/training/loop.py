@@ -291,19 +291,18 @@ def training_loop(
                     "discarding its training outputs and training from scratch", state_path, "; ".join(diffs))
         _discard_training_outputs(run_dir)
         state = None
-    if state is not None and cfg.on_config_change == "restart":
+    # Options (everything in train, not only the architecture) that differ from the saved run's, as "key: a -> b".
+    changed = arch_mismatch(state["options"], cfg.model_dump(mode="json")) if state is not None else []
+    retrained = [d for d in changed if d.split(":", 1)[0] not in RESUMABLE_OPTIONS]
+    if retrained and cfg.on_config_change == "restart":
         # A changed hyper-parameter (learning rate, betas, EMA, R1, augmentation, batch size...) is another
         # experiment: `dvc exp run -S train.lr_g=...` restores the persisted run dir, and resuming it would silently
         # continue (or, past total_kimg, just return) the previous run. Length, intervals and device may change.
-        retrained = [d for d in arch_mismatch(state["options"], cfg.model_dump(mode="json"))
-                     if d.split(":", 1)[0] not in RESUMABLE_OPTIONS]
-        if retrained:
-            log.warning("%s was trained with other hyper-parameters (%s); train.on_config_change=restart: "
-                        "training from scratch", state_path, "; ".join(retrained))
-            _discard_training_outputs(run_dir)
-            state = None
+        log.warning("%s was trained with other hyper-parameters (%s); train.on_config_change=restart: "
+                    "training from scratch", state_path, "; ".join(retrained))
+        _discard_training_outputs(run_dir)
+        state = None
     if state is not None:
-        changed = arch_mismatch(state["options"], cfg.model_dump(mode="json"))
         if changed:
             log.warning("resuming %s with changed options: %s", run_dir, "; ".join(changed))
         G.load_state_dict(state["G"])
