@@ -39,8 +39,9 @@ def bench_features(n: int, batch_size: int) -> dict:
              "eager_fp32": load_feature_extractor(), "eager_bf16": load_feature_extractor(precision="bf16")}
     out: dict = {"num_images": n, "batch_size": batch_size, "threads": torch.get_num_threads()}
     feats, seconds = {}, {k: 0.0 for k in paths}
-    for name, ex in paths.items():
-        ex._forward(x[:2])  # warm-up (oneDNN primitive creation)
+    for name, ex in paths.items():  # warm-up: oneDNN primitives; TorchScript's profiling executor optimises the
+        for _ in range(3):           # graph only after its first runs, which would otherwise count against it
+            ex._forward(x[:batch_size])
     for start in range(0, n, batch_size):  # interleave so background load hits every path alike
         for name, ex in paths.items():
             t = time.perf_counter()
@@ -54,7 +55,34 @@ def bench_features(n: int, batch_size: int) -> dict:
         out[f"{name}_speedup_vs_scripted"] = round(seconds["scripted_fp32"] / seconds[name], 3)
         out[f"{name}_max_abs_diff"] = float((torch.cat(feats[name]) - ref).abs().max())
     out["feature_max_abs"] = float(ref.abs().max())
+    out.update(_flop_ceiling(paths["eager_fp32"], x[:1], out))
     return out
+
+
+def _flop_ceiling(extractor, x1: torch.Tensor, out: dict) -> dict:
+    """Achieved fp32 GFLOP/s of each path against this CPU's nominal fp32 peak (what a speedup can reach at most).
+
+    Peak = cores x clock (``cpu MHz`` of /proc/cpuinfo, no boost) x 32 FLOP/cycle (two 256-bit FMA units, AVX2:
+    2 x 8 lanes x 2 FLOP); a CPU with AVX-512 (or AMX for bf16) has more, and this figure is then an underestimate.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        extractor._forward(x1)
+    gflop = counter.get_total_flops() / 1e9
+    res: dict = {"gflop_per_image": round(gflop, 3)}
+    for name in ("scripted_fp32", "eager_fp32"):
+        res[f"{name}_gflop_per_s"] = round(gflop * out[f"{name}_img_per_s"], 1)
+    try:
+        mhz = max(float(line.split(":")[1]) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz"))
+    except (OSError, ValueError):
+        return res
+    if torch.backends.cpu.get_cpu_capability() == "AVX2":
+        peak = (os.cpu_count() or 1) * mhz / 1000 * 32
+        res["nominal_fp32_peak_gflop_per_s"] = round(peak, 1)
+        res["eager_fp32_fraction_of_peak"] = round(res["eager_fp32_gflop_per_s"] / peak, 3)
+        res["max_speedup_vs_scripted_at_peak"] = round(peak / res["scripted_fp32_gflop_per_s"], 2)
+    return res
 
 
 def bench_sqrt(d: int) -> dict:

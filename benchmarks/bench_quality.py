@@ -14,7 +14,12 @@ killed benchmark can be restarted; ``train_wall_s`` then covers only the last in
 
     .venv/bin/python benchmarks/bench_quality.py                                  # the recommended preset
     .venv/bin/python benchmarks/bench_quality.py --name hinge_sn -S train.loss=hinge -S train.spectral_norm=true \
-        -S train.total_kimg=200 -S evaluate.num_samples=2000                       # an ablation point
+        -S train.total_kimg=200 -S evaluate.num_samples=2000                       # one more configuration
+    .venv/bin/python benchmarks/bench_quality.py --ablation --ablation-kimg 60 --ablation-samples 1000  # ~35 min
+
+``--ablation`` trains every configuration in ``ABLATION`` (the preset with one technique switched) for the same
+short length from the same seed and evaluates each on the same N vs N test images. One seed and a short run: the
+table shows the direction and rough size of each technique's effect at that length, not its converged value.
 """
 
 from __future__ import annotations
@@ -42,6 +47,19 @@ RESULTS = HERE / "quality_results.json"
 # Lucic et al. 2018, Fashion-MNIST, best FID per loss after their hyper-parameter search (Table/Figure of the paper).
 LUCIC_2018 = {"WGAN": 21.5, "BEGAN": 22.9, "WGAN-GP": 24.5, "NS GAN": 26.5, "MM GAN": 29.6, "LSGAN": 30.7}
 TARGET_FID, STRETCH_FID = 21.5, 15.0
+# name -> (what changes against the preset, -S overrides). The preset: DCGAN, non-saturating loss, BN in G and D,
+# G_ema half-life 10 kimg, Adam(2e-4, 0.5, 0.999), batch 64, no augmentation, no penalty.
+ABLATION: dict[str, tuple[str, list[str]]] = {
+    "abl_preset": ("preset (NS loss, BN, G_ema 10 kimg)", []),
+    "abl_no_ema": ("no G_ema (raw G)", ["train.ema_halflife_kimg=0"]),
+    "abl_minimax": ("minimax loss", ["train.loss=minimax"]),
+    "abl_lsgan": ("least-squares loss", ["train.loss=lsgan"]),
+    "abl_hinge_sn": ("hinge loss + spectral norm in D (no D BN)", ["train.loss=hinge", "train.spectral_norm=true"]),
+    "abl_wgan_gp": ("WGAN-GP (lambda 10, Adam betas (0, 0.9); DCGAN D keeps its BN)",
+                    ["train.loss=wgan_gp", "train.betas_g=[0.0, 0.9]", "train.betas_d=[0.0, 0.9]"]),
+    "abl_r1": ("R1 penalty gamma 1 (lazy, every 16 steps)", ["train.r1_gamma=1.0"]),
+    "abl_diffaugment": ("DiffAugment translation,cutout", ["train.diffaugment=translation,cutout"]),
+}
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -80,19 +98,13 @@ def run_stage(stage: str, params_file: Path) -> float:
     return round(time.perf_counter() - t, 1)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", type=Path, default=DEFAULT_PRESET)
-    ap.add_argument("--name", default="preset", help="configuration name (key in quality_results.json)")
-    ap.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--skip-train", action="store_true", help="evaluate the run dir's current snapshot only")
-    args = ap.parse_args()
-
-    params_file = make_params(args.preset, args.name, args.set_param)
+def run_config(preset: Path, name: str, overrides: list[str], skip_train: bool = False) -> dict:
+    """prepare -> train -> evaluate one configuration; its result dict (also merged into quality_results.json)."""
+    params_file = make_params(preset, name, overrides)
     params = yaml.safe_load(params_file.read_text())
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     walls = {"prepare_wall_s": run_stage("prepare", params_file)}
-    if not args.skip_train:
+    if not skip_train:
         walls["train_wall_s"] = run_stage("train", params_file)
     walls["evaluate_wall_s"] = run_stage("evaluate", params_file)
 
@@ -101,11 +113,11 @@ def main() -> None:
     ev = json.loads((ROOT / params["evaluate"]["out"]).read_text())
     t = params["train"]
     result = {
-        "name": args.name, "started": started, "machine": machine(),
+        "name": name, "started": started, "machine": machine(),
         "config": {k: t[k] for k in ("arch", "loss", "ngf", "ndf", "batch_size", "total_kimg", "lr_g", "lr_d",
                                      "betas_g", "betas_d", "ema_halflife_kimg", "spectral_norm", "r1_gamma",
                                      "diffaugment", "eval_every_kimg", "eval_num_samples") if k in t},
-        "overrides": args.set_param,
+        "overrides": overrides,
         **walls,
         "train_wall_s_total": round(float(train.get("wall_time_s", 0.0)), 1),
         "kimg": train.get("kimg"), "images_shown_to_D": int(round(float(train.get("kimg", 0)) * 1000)),
@@ -118,12 +130,44 @@ def main() -> None:
                    "stretch_le": STRETCH_FID, "stretch_met": ev["fid"] <= STRETCH_FID and ev["num_generated"] >= 10000,
                    "train_within_60_min": float(train.get("wall_time_s", 1e9)) <= 3600},
     }
+    if name in ABLATION:
+        result["ablation"] = ABLATION[name][0]
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[args.name] = result
+    results[name] = result
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(tmp, RESULTS)
-    print(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", type=Path, default=DEFAULT_PRESET)
+    ap.add_argument("--name", default="preset", help="configuration name (key in quality_results.json)")
+    ap.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--skip-train", action="store_true", help="evaluate the run dir's current snapshot only")
+    ap.add_argument("--ablation", action="store_true", help="run every ABLATION configuration (short runs)")
+    ap.add_argument("--ablation-kimg", type=float, default=60.0, help="training length of each ablation run")
+    ap.add_argument("--ablation-samples", type=int, default=1000, help="generated (and test) images per FID")
+    ap.add_argument("--only", default="", help="--ablation: comma list of configuration names")
+    args = ap.parse_args()
+    if not args.ablation:
+        print(json.dumps(run_config(args.preset, args.name, args.set_param, args.skip_train), indent=2))
+        return
+    names = [n for n in args.only.split(",") if n] or list(ABLATION)
+    unknown = sorted(set(names) - set(ABLATION))
+    if unknown:
+        raise SystemExit(f"--only: unknown configuration(s) {unknown}; valid: {', '.join(ABLATION)}")
+    common = [f"train.total_kimg={args.ablation_kimg}", "train.eval_every_kimg=0", "train.sample_every_kimg=20",
+              "train.checkpoint_every_kimg=20", f"evaluate.num_samples={args.ablation_samples}",
+              f"evaluate.kid_subset_size={min(1000, args.ablation_samples)}", *args.set_param]
+    rows = []
+    for name in names:
+        r = run_config(args.preset, name, [*common, *ABLATION[name][1]])
+        rows.append({"name": name, "what": ABLATION[name][0], "fid": r["fid"], "kid_mean": r["kid_mean"],
+                     "train_wall_s": r["train_wall_s_total"], "kimg": r["kimg"], "n": r["num_generated"]})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ SUITE: dict[str, tuple[list[str], int]] = {
     "train_scaling": ([str(HERE / "bench_train.py"), "--scaling", "--scaling-steps", "4"], 900),
     "train_quality": ([str(HERE / "bench_train.py"), "--threads", "2", "--quality", "--quality-steps", "100",
                        "--quality-samples", "200"], 1500),
-    "metrics": ([str(HERE / "bench_metrics.py"), "--features", "8", "--sqrt", "--memory",
-                 "--memory-ns", "11000,20000"], 900),
+    "metrics": ([str(HERE / "bench_metrics.py"), "--features", "48", "--batch-size", "16", "--sqrt", "--memory",
+                 "--memory-ns", "12000,50000"], 900),
     "orchestration": ([str(HERE / "bench_orchestration.py"), "--pipeline"], 1200),
 }
 
@@ -89,6 +89,12 @@ def targets(res: dict) -> list[dict]:
     ref = _get(res, "train_reference", "reference") or {}
     q = _get(res, "train_quality", "quality") or {}
     pipe = _get(res, "orchestration", "pipeline") or {}
+    feat = _get(res, "metrics", "features") or {}
+    sqrt = _get(res, "metrics", "sqrt") or {}
+    mem = _get(res, "metrics", "memory") or {}
+    mem_ns = sorted(int(k.rsplit("_n", 1)[1]) for k in mem if k.startswith("peak_rss_mib_n"))
+    mem_big = mem.get(f"peak_rss_mib_n{mem_ns[-1]}") if mem_ns else None
+    mem_flat = round(mem_big / mem[f"peak_rss_mib_n{mem_ns[0]}"], 3) if len(mem_ns) > 1 else None
     rows = [
         {"what": "training speedup vs pytorch/examples-style loop (median step, batch 64, 2 threads)",
          "value": ref.get("speedup_median"), "target": ">= 1.5", "ok": _ge(ref.get("speedup_median"), 1.5)},
@@ -103,6 +109,19 @@ def targets(res: dict) -> list[dict]:
          "target": "<= 30", "ok": _le(pipe.get("flow_noop_wall_s"), 30)},
         {"what": "no-op dvc repro wall s", "value": pipe.get("dvc_repro_noop_wall_s"), "target": "<= 10",
          "ok": _le(pipe.get("dvc_repro_noop_wall_s"), 10)},
+        {"what": "Inception feature throughput: eager fp32 / TorchScript file as is (fp32)",
+         "value": feat.get("eager_fp32_speedup_vs_scripted"), "target": ">= 3",
+         "ok": _ge(feat.get("eager_fp32_speedup_vs_scripted"), 3)},
+        {"what": "same: max |feature difference| (features up to ~10)", "value": feat.get("eager_fp32_max_abs_diff"),
+         "target": "<= 1e-3 (FID within 0.05)", "ok": _le(feat.get("eager_fp32_max_abs_diff"), 1e-3)},
+        {"what": "tr sqrt(S1 S2), d=2048: scipy.linalg.sqrtm s / ganops s", "value": sqrt.get("speedup"),
+         "target": ">= 5", "ok": _ge(sqrt.get("speedup"), 5)},
+        {"what": "same: relative difference", "value": sqrt.get("rel_diff"), "target": "<= 1e-6",
+         "ok": _le(sqrt.get("rel_diff"), 1e-6)},
+        {"what": f"evaluate data path peak RSS MiB at N={mem_ns[-1] if mem_ns else '?'}", "value": mem_big,
+         "target": "<= 2048", "ok": _le(mem_big, 2048)},
+        {"what": f"same, peak RSS ratio N={mem_ns[-1] if mem_ns else '?'} / N={mem_ns[0] if mem_ns else '?'}",
+         "value": mem_flat, "target": "<= 1.1 (flat in N)", "ok": _le(mem_flat, 1.1)},
     ]
     return rows
 

@@ -49,6 +49,8 @@ from ganops.training.snapshot import (
     ResumeMismatchError,
     TrainingDivergedError,
     arch_mismatch,
+    changed_options,
+    describe_changes,
     load_torch,
     save_snapshot,
     save_torch,
@@ -291,9 +293,9 @@ def training_loop(
                     "discarding its training outputs and training from scratch", state_path, "; ".join(diffs))
         _discard_training_outputs(run_dir)
         state = None
-    # Options (everything in train, not only the architecture) that differ from the saved run's, as "key: a -> b".
-    changed = arch_mismatch(state["options"], cfg.model_dump(mode="json")) if state is not None else []
-    retrained = [d for d in changed if d.split(":", 1)[0] not in RESUMABLE_OPTIONS]
+    # Options (everything in train, not only the architecture) that differ from the saved run's.
+    changed = changed_options(state["options"], cfg.model_dump(mode="json")) if state is not None else {}
+    retrained = describe_changes({k: v for k, v in changed.items() if k not in RESUMABLE_OPTIONS})
     if retrained and cfg.on_config_change == "restart":
         # A changed hyper-parameter (learning rate, betas, EMA, R1, augmentation, batch size...) is another
         # experiment: `dvc exp run -S train.lr_g=...` restores the persisted run dir, and resuming it would silently
@@ -304,7 +306,7 @@ def training_loop(
         state = None
     if state is not None:
         if changed:
-            log.warning("resuming %s with changed options: %s", run_dir, "; ".join(changed))
+            log.warning("resuming %s with changed options: %s", run_dir, "; ".join(describe_changes(changed)))
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
         G_ema.load_state_dict(state["G_ema"])

@@ -134,10 +134,20 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     return G, meta
 
 
+def changed_options(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved value, current value)}`` for every key whose value differs (a missing key reads as None)."""
+    keys = sorted(set(saved) | set(current))
+    return {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> list[str]:
+    """``changed_options`` output as ``"key: saved -> current"`` strings, for messages."""
+    return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()]
+
+
 def arch_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys of the architecture config whose values differ, as ``"key: saved -> current"`` strings."""
-    keys = sorted(set(saved) | set(current))
-    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+    return describe_changes(changed_options(saved, current))
 
 
 __all__ = [
@@ -146,6 +156,8 @@ __all__ = [
     "TrainingDivergedError",
     "UnsafeCheckpointError",
     "arch_mismatch",
+    "changed_options",
+    "describe_changes",
     "load_generator",
     "load_torch",
     "save_snapshot",
