@@ -72,17 +72,20 @@ class TrainConfig(_Strict):
     loss: str = "non_saturating"
     batch_size: int = Field(64, ge=1)
     total_kimg: float = Field(
-        30.0, gt=0, description="training length in thousands of real images shown to D (30 ~ 8 min on 2 CPU cores)"
+        30.0, gt=0, allow_inf_nan=False,
+        description="training length in thousands of real images shown to D (30 ~ 8 min on 2 CPU cores)",
     )
-    lr_g: float = Field(2e-4, gt=0)
-    lr_d: float = Field(2e-4, gt=0)
+    lr_g: float = Field(2e-4, gt=0, allow_inf_nan=False)
+    lr_d: float = Field(2e-4, gt=0, allow_inf_nan=False)
     betas_g: tuple[float, float] = (0.5, 0.999)
     betas_d: tuple[float, float] = (0.5, 0.999)
-    ema_halflife_kimg: float = Field(0.0, ge=0, description="G_ema half-life; 0 = G_ema is a copy of G each step")
+    ema_halflife_kimg: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="G_ema half-life; 0 = G_ema is a copy of G each step"
+    )
     spectral_norm: bool = Field(False, description="spectral norm on every D layer (Miyato et al. 2018); drops D's BN")
-    r1_gamma: float = Field(0.0, ge=0, description="R1 weight (Mescheder et al. 2018); 0 = off")
+    r1_gamma: float = Field(0.0, ge=0, allow_inf_nan=False, description="R1 weight (Mescheder et al. 2018); 0 = off")
     r1_interval: int = Field(16, ge=1, description="lazy R1: every N D steps, weighted gamma * N")
-    gp_lambda: float = Field(10.0, ge=0, description="gradient-penalty weight for loss=wgan_gp")
+    gp_lambda: float = Field(10.0, ge=0, allow_inf_nan=False, description="gradient-penalty weight for loss=wgan_gp")
     diffaugment: str = Field("", description="comma list of translation,cutout,color; empty = off")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     channels_last: bool = Field(True, description="NHWC memory format for G and D (1.3x faster on the 2-core CPU)")

@@ -94,3 +94,13 @@ def test_cli_train_exits_1_naming_the_field_before_any_work(tmp_path, monkeypatc
     assert result.exit_code == 1
     assert field in result.output
     assert not run_dir.exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("field", ["total_kimg", "lr_g", "lr_d", "ema_halflife_kimg", "r1_gamma", "gp_lambda"])
+@pytest.mark.parametrize("value", [math.inf, "+.inf"])
+def test_infinite_training_values_are_refused(field, value):
+    # total_kimg=.inf trains forever; an infinite lr or penalty weight diverges; an infinite EMA half-life freezes
+    # G_ema at its random initialisation (silently useless samples): all must be refused up front.
+    raw = yaml.safe_load(f"train: {{{field}: {value}}}") if isinstance(value, str) else {"train": {field: value}}
+    with pytest.raises(ConfigError, match=rf"train\.{field}: Input should be a finite number"):
+        parse_params(raw)
