@@ -28,6 +28,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -47,6 +48,7 @@ RESULTS = HERE / "quality_results.json"
 # Lucic et al. 2018, Fashion-MNIST, best FID per loss after their hyper-parameter search (Table/Figure of the paper).
 LUCIC_2018 = {"WGAN": 21.5, "BEGAN": 22.9, "WGAN-GP": 24.5, "NS GAN": 26.5, "MM GAN": 29.6, "LSGAN": 30.7}
 TARGET_FID, STRETCH_FID = 21.5, 15.0
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # name -> (what changes against the preset, -S overrides). The preset: DCGAN, non-saturating loss, BN in G and D,
 # G_ema half-life 10 kimg, Adam(2e-4, 0.5, 0.999), batch 64, no augmentation, no penalty.
 ABLATION: dict[str, tuple[str, list[str]]] = {
@@ -72,21 +74,118 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def make_params(preset: Path, name: str, overrides: list[str]) -> Path:
-    """The preset with ``overrides`` applied and this configuration's own run dir / eval file (``runs/quality/NAME``)."""
-    params = yaml.safe_load(preset.read_text())
+def _read_preset(preset: Path) -> dict[str, Any]:
+    """The preset as a mapping with ``train`` and ``evaluate`` sections; SystemExit naming the problem otherwise."""
+    if not preset.is_file():
+        raise SystemExit(f"--preset {preset}: file not found (default: benchmarks/presets/{DEFAULT_PRESET.name})")
+    try:
+        params = yaml.safe_load(preset.read_text())
+    except yaml.YAMLError as err:
+        raise SystemExit(f"--preset {preset} is not valid YAML: {err}") from None
+    sections = params if isinstance(params, dict) else {}
+    missing = [s for s in ("train", "evaluate") if not isinstance(sections.get(s), dict)]
+    if missing:
+        raise SystemExit(f"--preset {preset}: needs a params.yaml-style mapping with the sections {missing} "
+                         f"(copy benchmarks/presets/{DEFAULT_PRESET.name} and edit it)")
+    return params
+
+
+def _check_names(params: dict[str, Any], source: str) -> None:
+    """Validate ``params`` like ``ganops`` will (types, ranges, unknown keys, arch/loss names) before any work."""
+    from ganops.config import ConfigError, parse_params
+
+    try:
+        cfg = parse_params(params, source)
+    except ConfigError as err:
+        msg = str(err).replace("Fix these keys in params.yaml", "Fix these keys in the preset or the -S overrides")
+        raise SystemExit(msg) from None
+    from ganops.losses import LOSSES
+    from ganops.models import ARCHS
+
+    for key, value, valid in (("arch", cfg.train.arch, ARCHS), ("loss", cfg.train.loss, LOSSES)):
+        if value not in valid:
+            raise SystemExit(f"{source}: unknown train.{key} {value!r}; valid: {', '.join(sorted(valid))}")
+
+
+def build_params(preset: Path, name: str, overrides: list[str]) -> dict[str, Any]:
+    """The preset with ``overrides`` applied and this configuration's own run dir / eval file (``runs/quality/NAME``),
+    validated; nothing is written.
+
+    Raises:
+        SystemExit: missing/malformed preset, an override that is not ``KEY=VALUE`` with a YAML value, a result
+            that ``ganops`` would refuse (the message names the key), or a run dir trained with other options.
+    """
+    if not NAME_RE.fullmatch(name):
+        raise SystemExit(f"--name {name!r}: use letters, digits, '_', '-' or '.' (it becomes runs/quality/NAME)")
+    params = _read_preset(preset)
     if name != "preset":
         params["train"]["run_dir"] = f"runs/quality/{name}/train"
         params["evaluate"]["out"] = f"runs/quality/{name}/eval.json"
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"-S {item!r}: expected KEY=VALUE")
-        _set_dotted(params, key.strip(), yaml.safe_load(value))
+        if not sep or not key.strip():
+            raise SystemExit(f"-S {item!r}: expected KEY=VALUE, e.g. -S train.loss=hinge")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise SystemExit(f"-S {item!r}: the value is not valid YAML ({str(err).splitlines()[0]}); "
+                             "write lists as [0.0, 0.9] and quote strings with ':' or ','") from None
+        _set_dotted(params, key.strip(), parsed)
+    _check_names(params, f"{preset} with -S {overrides}" if overrides else str(preset))
+    check_run_dir(params, name)
+    return params
+
+
+def make_params(preset: Path, name: str, overrides: list[str]) -> Path:
+    """``build_params`` written to ``runs/quality/NAME/params.yaml`` (its path). Raises SystemExit as build_params."""
+    params = build_params(preset, name, overrides)
     out = ROOT / "runs" / "quality" / name / "params.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(params, sort_keys=False))
     return out
+
+
+def check_run_dir(params: dict[str, Any], name: str) -> None:
+    """Refuse a run dir trained with other hyper-parameters than ``params`` asks for.
+
+    The presets use ``on_config_change: refuse``, under which ``ganops train`` resumes a run dir whose learning rate,
+    loss weights, augmentation... differ (with a log warning) and, once it is past ``total_kimg``, returns the old
+    model as is: the result would then be filed under the new configuration. Options that may change on resume
+    (length, intervals, threads...: ``RESUMABLE_OPTIONS``) are ignored.
+
+    Raises:
+        SystemExit: naming the options that differ and the run dir to delete (or another --name to use).
+    """
+    run_dir = ROOT / params["train"]["run_dir"]
+    saved_path = run_dir / "training_options.json"
+    if not saved_path.is_file():
+        return
+    from ganops.config import TrainConfig
+    from ganops.training.loop import RESUMABLE_OPTIONS
+
+    saved = json.loads(saved_path.read_text())
+    current = TrainConfig.model_validate(params["train"]).model_dump(mode="json")
+    current["seed"] = params.get("seed", 0)
+    diffs = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items()
+             if k not in RESUMABLE_OPTIONS and k in saved and saved[k] != v]
+    if diffs:
+        raise SystemExit(f"{params['train']['run_dir']} was trained with other options ({'; '.join(diffs)}); its "
+                         f"result would be filed under the new ones. Delete that directory to retrain, or choose "
+                         f"another --name (now {name!r}).")
+
+
+def read_results() -> dict[str, Any]:
+    """``quality_results.json`` (``{}`` when absent). SystemExit when it is not a JSON object, so that a corrupt
+    file stops the benchmark before training rather than after it."""
+    if not RESULTS.exists():
+        return {}
+    try:
+        results = json.loads(RESULTS.read_text())
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{RESULTS} is not valid JSON ({err}); restore it (git checkout) or move it away") from None
+    if not isinstance(results, dict):
+        raise SystemExit(f"{RESULTS} must hold a JSON object of results by name; restore it or move it away")
+    return results
 
 
 def run_stage(stage: str, params_file: Path) -> float:
@@ -100,6 +199,7 @@ def run_stage(stage: str, params_file: Path) -> float:
 
 def run_config(preset: Path, name: str, overrides: list[str], skip_train: bool = False) -> dict:
     """prepare -> train -> evaluate one configuration; its result dict (also merged into quality_results.json)."""
+    read_results()
     params_file = make_params(preset, name, overrides)
     params = yaml.safe_load(params_file.read_text())
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -132,7 +232,7 @@ def run_config(preset: Path, name: str, overrides: list[str], skip_train: bool =
     }
     if name in ABLATION:
         result["ablation"] = ABLATION[name][0]
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = read_results()
     results[name] = result
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
@@ -147,20 +247,33 @@ def main() -> None:
     ap.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--skip-train", action="store_true", help="evaluate the run dir's current snapshot only")
     ap.add_argument("--ablation", action="store_true", help="run every ABLATION configuration (short runs)")
-    ap.add_argument("--ablation-kimg", type=float, default=60.0, help="training length of each ablation run")
-    ap.add_argument("--ablation-samples", type=int, default=1000, help="generated (and test) images per FID")
-    ap.add_argument("--only", default="", help="--ablation: comma list of configuration names")
+    ap.add_argument("--ablation-kimg", type=float, default=None, help="training length of each ablation run (60)")
+    ap.add_argument("--ablation-samples", type=int, default=None, help="generated (and test) images per FID (1000)")
+    ap.add_argument("--only", default=None, help="--ablation: comma list of configuration names")
     args = ap.parse_args()
     if not args.ablation:
+        ablation_only = [f for f, v in (("--only", args.only), ("--ablation-kimg", args.ablation_kimg),
+                                        ("--ablation-samples", args.ablation_samples)) if v is not None]
+        if ablation_only:
+            ap.error(f"{', '.join(ablation_only)} only apply with --ablation (without it the whole preset is trained)")
         print(json.dumps(run_config(args.preset, args.name, args.set_param, args.skip_train), indent=2))
         return
-    names = [n for n in args.only.split(",") if n] or list(ABLATION)
+    if args.name != "preset" or args.skip_train:
+        ap.error("--name and --skip-train apply to one configuration, not to --ablation (names: ABLATION)")
+    args.ablation_kimg = 60.0 if args.ablation_kimg is None else args.ablation_kimg
+    args.ablation_samples = 1000 if args.ablation_samples is None else args.ablation_samples
+    names = [n.strip() for n in (args.only or "").split(",") if n.strip()]
+    if args.only is not None and not names:
+        ap.error(f"--only {args.only!r} names no configuration; valid: {', '.join(ABLATION)}")
+    names = names or list(ABLATION)
     unknown = sorted(set(names) - set(ABLATION))
     if unknown:
         raise SystemExit(f"--only: unknown configuration(s) {unknown}; valid: {', '.join(ABLATION)}")
     common = [f"train.total_kimg={args.ablation_kimg}", "train.eval_every_kimg=0", "train.sample_every_kimg=20",
               "train.checkpoint_every_kimg=20", f"evaluate.num_samples={args.ablation_samples}",
               f"evaluate.kid_subset_size={min(1000, args.ablation_samples)}", *args.set_param]
+    for name in names:  # every configuration is checked before the first one trains
+        build_params(args.preset, name, [*common, *ABLATION[name][1]])
     rows = []
     for name in names:
         r = run_config(args.preset, name, [*common, *ABLATION[name][1]])
