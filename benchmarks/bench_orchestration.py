@@ -162,6 +162,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="import timings: best of N interpreters")
     ap.add_argument("--pipeline", action="store_true", help="also run the tiny pipeline through Prefect and DVC")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error(f"--repeats must be >= 1 (best of N interpreters), got {args.repeats}")
     result: dict = {"imports": bench_imports(args.repeats), "prefect_server": bench_prefect_server()}
     print(json.dumps({"imports": result["imports"]}), file=sys.stderr, flush=True)
     if args.pipeline:

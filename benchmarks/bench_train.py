@@ -195,30 +195,64 @@ def bench_quality(tmp: Path, steps: int, samples: int, threads: int, seed: int =
             "train_wall_s_reference": round(t_ref, 1), "fid_wall_s": round(time.perf_counter() - t, 1)}
 
 
-def main() -> None:
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _int_list(lo: int):
+    one = _int_at_least(lo)
+
+    def parse(text: str) -> list[int]:
+        items = [v.strip() for v in text.split(",") if v.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma list of integers >= {lo}, e.g. 32,64")
+        return [one(v) for v in items]
+    parse.__name__ = f"comma list of integers >= {lo}"
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every number and list is checked here, before any section spends minutes running."""
+    pos, nonneg = _int_at_least(1), _int_at_least(0)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads for variants/reference/quality")
+    ap.add_argument("--threads", type=pos, default=2, help="torch threads for variants/reference/quality")
     ap.add_argument("--variants", action="store_true")
-    ap.add_argument("--steps", type=int, default=30, help="variants: training steps per fp32 variant")
-    ap.add_argument("--log-every", type=int, default=5, help="variants: steps per timing window")
-    ap.add_argument("--bf16-steps", type=int, default=3, help="variants: steps per bf16 variant (slow w/o AMX)")
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats (variants, reference)")
+    ap.add_argument("--steps", type=pos, default=30, help="variants: training steps per fp32 variant")
+    ap.add_argument("--log-every", type=pos, default=5, help="variants: steps per timing window")
+    ap.add_argument("--bf16-steps", type=pos, default=3, help="variants: steps per bf16 variant (slow w/o AMX)")
+    ap.add_argument("--repeats", type=pos, default=2, help="interleaved repeats (variants, reference)")
     ap.add_argument("--budget-min", type=float, default=8.0, help="variants: budget for the total_kimg suggestion")
     ap.add_argument("--reference", action="store_true")
-    ap.add_argument("--reference-steps", type=int, default=20)
-    ap.add_argument("--reference-workers", type=int, default=0, help="DataLoader workers of the reference")
+    ap.add_argument("--reference-steps", type=_int_at_least(3), default=20,
+                    help="the first 2 steps of each run are warm-up, so at least 3")
+    ap.add_argument("--reference-workers", type=nonneg, default=0, help="DataLoader workers of the reference")
     ap.add_argument("--scaling", action="store_true")
-    ap.add_argument("--scaling-batches", default="32,64,128,256,512")
-    ap.add_argument("--scaling-threads", default="1,2")
-    ap.add_argument("--scaling-workers", default="0,1,2")
-    ap.add_argument("--scaling-steps", type=int, default=4)
+    ap.add_argument("--scaling-batches", type=_int_list(1), default=[32, 64, 128, 256, 512])
+    ap.add_argument("--scaling-threads", type=_int_list(1), default=[1, 2])
+    ap.add_argument("--scaling-workers", type=_int_list(0), default=[0, 1, 2])
+    ap.add_argument("--scaling-steps", type=pos, default=4)
     ap.add_argument("--quality", action="store_true")
-    ap.add_argument("--quality-steps", type=int, default=300)
-    ap.add_argument("--quality-samples", type=int, default=500)
-    args = ap.parse_args()
+    ap.add_argument("--quality-steps", type=pos, default=300)
+    ap.add_argument("--quality-samples", type=_int_at_least(2), default=500, help="images per side of the FID")
+    return ap
 
-    def ints(s: str) -> list[int]:
-        return [int(v) for v in s.split(",")]
+
+def main() -> None:
+    ap = build_parser()
+    args = ap.parse_args()
+    if not args.budget_min > 0:
+        ap.error(f"--budget-min must be > 0 minutes, got {args.budget_min}")
+    if not (args.variants or args.reference or args.scaling or args.quality):
+        ap.error("choose at least one section: --variants, --reference, --scaling, --quality")
 
     result: dict = {"model": "dcgan 28x28x1 z_dim=100 ngf=ndf=64 (one D + one G step per step)", **machine()}
     with tempfile.TemporaryDirectory() as tmp_str:
@@ -228,9 +262,8 @@ def main() -> None:
                                                                 args.repeats, args.threads, args.budget_min)),
             ("reference", args.reference, lambda: bench_reference(tmp, args.reference_steps, args.repeats,
                                                                   args.threads, args.reference_workers)),
-            ("scaling", args.scaling, lambda: bench_scaling(tmp, ints(args.scaling_batches),
-                                                            ints(args.scaling_threads), ints(args.scaling_workers),
-                                                            args.scaling_steps)),
+            ("scaling", args.scaling, lambda: bench_scaling(tmp, args.scaling_batches, args.scaling_threads,
+                                                            args.scaling_workers, args.scaling_steps)),
             ("quality", args.quality, lambda: bench_quality(tmp, args.quality_steps, args.quality_samples,
                                                             args.threads)),
         ]
