@@ -15,7 +15,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup data browser run test bench clean-outputs ui
+.PHONY: setup data browser run test bench ui
 
 setup: $(STAMP)
 

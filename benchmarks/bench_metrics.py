@@ -63,7 +63,7 @@ def _flop_ceiling(extractor, x1: torch.Tensor, out: dict) -> dict:
     """Achieved fp32 GFLOP/s of each path against this CPU's nominal fp32 peak (what a speedup can reach at most).
 
     Peak = cores x clock (``cpu MHz`` of /proc/cpuinfo, no boost) x 32 FLOP/cycle (two 256-bit FMA units, AVX2:
-    2 x 8 lanes x 2 FLOP); a CPU with AVX-512 (or AMX for bf16) has more, and this figure is then an underestimate.
+    2 x 8 lanes x 2 FLOP). Reported only where torch's CPU capability is AVX2: AVX-512 and AMX CPUs peak higher.
     """
     from torch.utils.flop_counter import FlopCounterMode
 

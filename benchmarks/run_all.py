@@ -35,12 +35,12 @@ FID_NS = (1000, 5000, 10000)
 # name -> (argv, timeout seconds). Quick settings: see each script's --help for the full ones.
 SUITE: dict[str, tuple[list[str], int]] = {
     "train_reference": ([str(HERE / "bench_train.py"), "--threads", "2", "--variants", "--steps", "10",
-                         "--log-every", "5", "--bf16-steps", "2", "--repeats", "2", "--reference",
-                         "--reference-steps", "15"], 900),
-    "train_scaling": ([str(HERE / "bench_train.py"), "--scaling", "--scaling-steps", "4"], 900),
+                         "--log-every", "5", "--bf16-steps", "2", "--repeats", "3", "--reference",
+                         "--reference-steps", "60"], 900),
+    "train_scaling": ([str(HERE / "bench_train.py"), "--scaling", "--scaling-steps", "12"], 900),
     "train_quality": ([str(HERE / "bench_train.py"), "--threads", "2", "--quality", "--quality-steps", "100",
                        "--quality-samples", "200"], 1500),
-    "metrics": ([str(HERE / "bench_metrics.py"), "--features", "48", "--batch-size", "16", "--sqrt", "--memory",
+    "metrics": ([str(HERE / "bench_metrics.py"), "--features", "64", "--batch-size", "32", "--sqrt", "--memory",
                  "--memory-ns", "12000,50000"], 900),
     "orchestration": ([str(HERE / "bench_orchestration.py"), "--pipeline"], 1200),
 }
@@ -74,6 +74,17 @@ def fid_time_estimate(metrics: dict) -> dict:
                      f"{metrics['features']['num_images']} images) + {sqrt_s} s tr-sqrt",
             **{f"n{n}": {"cached_ref_s": round(n / ips + sqrt_s, 1), "uncached_ref_s": round(2 * n / ips + sqrt_s, 1)}
                for n in FID_NS}}
+
+
+def measured_evaluate_walls(path: Path = HERE / "quality_results.json") -> list[dict]:
+    """Measured ``ganops evaluate`` wall times (whole stage: sampling, Inception, FID/KID/PR) from the quality
+    benchmark's runs, as points to set beside the extrapolation; [] when it has not been run."""
+    if not path.is_file():
+        return []
+    rows = [{"name": name, "n": r["num_generated"], "evaluate_wall_s": r["evaluate_wall_s"], "started": r["started"],
+             "load_avg_at_start": r["machine"]["load_avg_at_start"][0]}
+            for name, r in json.loads(path.read_text()).items() if "evaluate_wall_s" in r]
+    return sorted(rows, key=lambda r: (r["n"], r["started"]))
 
 
 def _get(d: dict, *keys: str):
@@ -159,6 +170,11 @@ def markdown(res: dict) -> str:
         lines += ["", f"## FID wall time ({fid['basis']})", "", "| N | cached ref stats (s) | uncached (s) |",
                   "|---|---|---|"]
         lines += [f"| {n} | {fid[f'n{n}']['cached_ref_s']} | {fid[f'n{n}']['uncached_ref_s']} |" for n in FID_NS]
+    if fid and fid.get("measured"):
+        lines += ["", "Measured `ganops evaluate` walls (bench_quality.py runs; load average at their start):", "",
+                  "| run | N | evaluate s | load |", "|---|---|---|---|"]
+        lines += [f"| {m['name']} | {m['n']} | {m['evaluate_wall_s']} | {m['load_avg_at_start']} |"
+                  for m in fid["measured"]]
     imports = _get(res, "orchestration", "imports")
     if imports:
         lines += ["", "## Import / start-up seconds (-X importtime cumulative; interpreter wall)", "",
@@ -190,9 +206,14 @@ def plot(res: dict, path: Path) -> None:
         ax1.legend(fontsize=8)
     fid = res.get("fid_time") or {}
     if "basis" in fid:
-        ax2.plot(FID_NS, [fid[f"n{n}"]["cached_ref_s"] / 60 for n in FID_NS], "o-", label="ref stats cached")
-        ax2.plot(FID_NS, [fid[f"n{n}"]["uncached_ref_s"] / 60 for n in FID_NS], "s--", label="uncached")
-        ax2.set(xlabel="generated samples N", ylabel="minutes (extrapolated)", title="FID wall time")
+        ax2.plot(FID_NS, [fid[f"n{n}"]["cached_ref_s"] / 60 for n in FID_NS], "o-", label="extrapolated, ref cached")
+        ax2.plot(FID_NS, [fid[f"n{n}"]["uncached_ref_s"] / 60 for n in FID_NS], "s--", label="extrapolated, uncached")
+    quiet = [m for m in fid.get("measured", []) if m["load_avg_at_start"] < 3]
+    if quiet:
+        ax2.plot([m["n"] for m in quiet], [m["evaluate_wall_s"] / 60 for m in quiet], "k^", linestyle="none",
+                 label="measured evaluate stage (load < 3)")
+    if "basis" in fid or quiet:
+        ax2.set(xlabel="generated samples N", ylabel="minutes", title="FID wall time")
         ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -222,6 +243,7 @@ def main() -> None:
         (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")  # keep finished sections if killed
     if "error" not in res.get("metrics", {"error": 1}):
         res["fid_time"] = fid_time_estimate(res["metrics"])
+    res.setdefault("fid_time", {})["measured"] = measured_evaluate_walls()
     res["targets"] = targets(res)
     res["total_wall_s"] = round(time.perf_counter() - t0, 1)
     (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
