@@ -76,3 +76,13 @@ def test_refuse_resumes_a_changed_hyper_parameter_as_asked(tmp_path, prepared):
     training_loop(tiny_cfg(run), prepared_dir=prepared, seed=0, progress=False)
     out = training_loop(tiny_cfg(run, lr_g=1e-4, total_kimg=0.08), prepared_dir=prepared, seed=0, progress=False)
     assert out["resumed_from_step"] == 5 and out["step"] == 10
+
+
+def test_resume_past_a_shortened_total_kimg_with_the_progress_bar(tmp_path, prepared):
+    """A run dir already past the new total_kimg (``-S train.total_kimg`` lowered, a shorter ablation re-run) returns
+    its state; the CLI's progress bar (initial > total by >= 0.5 kimg) used to crash it with a tqdm TypeError."""
+    run = tmp_path / "r"
+    cfg = dict(batch_size=128, sample_every_kimg=1.0, checkpoint_every_kimg=1.0)
+    training_loop(tiny_cfg(run, total_kimg=0.6, **cfg), prepared_dir=prepared, seed=0, progress=False)
+    out = training_loop(tiny_cfg(run, total_kimg=0.04, **cfg), prepared_dir=prepared, seed=0, progress=True)
+    assert out["resumed_from_step"] == 5 and out["step"] == 5 and out["cur_nimg"] == 640

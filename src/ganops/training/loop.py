@@ -416,7 +416,8 @@ def training_loop(
     use_gp = loss.needs_gradient_penalty and cfg.gp_lambda > 0
     saved_step = step if resumed_from_step is not None else None
     window_s, window_steps = 0.0, 0
-    pbar = tqdm(total=cfg.total_kimg, initial=cur_nimg / 1000, unit="kimg", disable=not progress,
+    # initial is capped at total: tqdm drops the total (and fails on the bar format) once n >= total + 0.5.
+    pbar = tqdm(total=cfg.total_kimg, initial=min(cur_nimg / 1000, cfg.total_kimg), unit="kimg", disable=not progress,
                 bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}]")
 
     def augment(x: torch.Tensor) -> torch.Tensor:
