@@ -200,8 +200,11 @@ def run_stage(stage: str, params_file: Path) -> float:
 def run_config(preset: Path, name: str, overrides: list[str], skip_train: bool = False) -> dict:
     """prepare -> train -> evaluate one configuration; its result dict (also merged into quality_results.json)."""
     read_results()
+    params = build_params(preset, name, overrides)
+    if skip_train and not (ROOT / params["train"]["run_dir"] / "train.json").is_file():
+        raise SystemExit(f"--skip-train: {params['train']['run_dir']} holds no finished training (no train.json); "
+                         "run without --skip-train to train (or resume) it first")
     params_file = make_params(preset, name, overrides)
-    params = yaml.safe_load(params_file.read_text())
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     walls = {"prepare_wall_s": run_stage("prepare", params_file)}
     if not skip_train:

@@ -150,3 +150,12 @@ def test_corrupt_results_file_stops_before_training(bq, preset, tmp_path):
         bq.run_config(preset, "x", [])
     assert bq.stages_run == []
     assert (tmp_path / "quality_results.json").read_text() == '{"preset": {"fid": 19.5'
+
+
+def test_skip_train_needs_a_finished_run(bq, preset, tmp_path):
+    # A killed run dir has snapshots and a training state but no train.json: evaluating it used to take minutes and
+    # then fail on the missing train.json.
+    (tmp_path / "runs" / "quality" / "x" / "train").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"--skip-train: runs/quality/x/train holds no finished training"):
+        bq.run_config(preset, "x", [], skip_train=True)
+    assert bq.stages_run == []
