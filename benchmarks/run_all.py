@@ -31,6 +31,7 @@ from machine_info import machine  # noqa: E402
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 FID_NS = (1000, 5000, 10000)
+QUALITY_RESULTS = HERE / "quality_results.json"
 
 # name -> (argv, timeout seconds). Quick settings: see each script's --help for the full ones.
 SUITE: dict[str, tuple[list[str], int]] = {
@@ -76,15 +77,31 @@ def fid_time_estimate(metrics: dict) -> dict:
                for n in FID_NS}}
 
 
-def measured_evaluate_walls(path: Path = HERE / "quality_results.json") -> list[dict]:
+def measured_evaluate_walls(path: Path | None = None) -> list[dict]:
     """Measured ``ganops evaluate`` wall times (whole stage: sampling, Inception, FID/KID/PR) from the quality
-    benchmark's runs, as points to set beside the extrapolation; [] when it has not been run."""
+    benchmark's runs (``QUALITY_RESULTS``), as points to set beside the extrapolation; [] when it has not been run.
+
+    Raises:
+        SystemExit: the file is not a JSON object of bench_quality.py results (named, with what to do).
+    """
+    path = QUALITY_RESULTS if path is None else path
     if not path.is_file():
         return []
-    rows = [{"name": name, "n": r["num_generated"], "evaluate_wall_s": r["evaluate_wall_s"], "started": r["started"],
-             "load_avg_at_start": r["machine"]["load_avg_at_start"][0]}
-            for name, r in json.loads(path.read_text()).items() if "evaluate_wall_s" in r]
+    try:
+        rows = [{"name": name, "n": r["num_generated"], "evaluate_wall_s": r["evaluate_wall_s"],
+                 "started": r["started"], "load_avg_at_start": r["machine"]["load_avg_at_start"][0]}
+                for name, r in json.loads(path.read_text()).items() if "evaluate_wall_s" in r]
+    except (json.JSONDecodeError, AttributeError, TypeError, KeyError, IndexError) as err:
+        raise SystemExit(f"{path} is not a JSON object of bench_quality.py results ({type(err).__name__}: {err}); "
+                         "restore it (git checkout) or move it away") from None
     return sorted(rows, key=lambda r: (r["n"], r["started"]))
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace ``path`` atomically: a run killed while writing leaves the previous file, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _get(d: dict, *keys: str):
@@ -224,13 +241,29 @@ def main() -> None:
     ap.add_argument("--only", default="", help=f"comma list of sections (default all): {', '.join(SUITE)}")
     ap.add_argument("--out-dir", default=str(HERE))
     args = ap.parse_args()
-    wanted = [s for s in args.only.split(",") if s] or list(SUITE)
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    if args.only and not wanted:  # `--only ,` used to run the whole ~30-minute suite
+        ap.error(f"--only {args.only!r} names no section; valid: {', '.join(SUITE)}")
+    wanted = wanted or list(SUITE)
     unknown = sorted(set(wanted) - set(SUITE))
     if unknown:
         sys.exit(f"unknown section(s) {unknown}; valid: {', '.join(SUITE)}")
     out = Path(args.out_dir)
+    try:  # before any section runs, not when the first one (minutes later) writes its result
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        sys.exit(f"--out-dir {out}: cannot create it ({err}); pass a writable directory")
+    measured_evaluate_walls()  # a broken quality_results.json is reported now, not after the whole suite
     # --only re-runs some sections and keeps the others' last results.
-    res: dict = json.loads((out / "results.json").read_text()) if args.only and (out / "results.json").is_file() else {}
+    res: dict = {}
+    if args.only and (out / "results.json").is_file():
+        try:
+            res = json.loads((out / "results.json").read_text())
+        except json.JSONDecodeError as err:
+            sys.exit(f"{out / 'results.json'} is not valid JSON ({err}): --only would merge into it; restore it "
+                     "(git checkout) or run the whole suite without --only")
+        if not isinstance(res, dict):
+            sys.exit(f"{out / 'results.json'} must hold a JSON object; restore it or run without --only")
     res.update({"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine()})
     res.setdefault("settings", {}).update({name: " ".join(Path(a).name if a.startswith("/") else a
                                                           for a in SUITE[name][0]) for name in wanted})
@@ -240,14 +273,14 @@ def main() -> None:
         res[name] = run_section(*SUITE[name])
         print(f"[run_all] {name}: {res[name].get('error', 'ok')} ({res[name]['wall_s']} s)", file=sys.stderr,
               flush=True)
-        (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")  # keep finished sections if killed
+        _write(out / "results.json", json.dumps(res, indent=2) + "\n")  # keep finished sections if killed
     if "error" not in res.get("metrics", {"error": 1}):
         res["fid_time"] = fid_time_estimate(res["metrics"])
     res.setdefault("fid_time", {})["measured"] = measured_evaluate_walls()
     res["targets"] = targets(res)
     res["total_wall_s"] = round(time.perf_counter() - t0, 1)
-    (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(res))
+    _write(out / "results.json", json.dumps(res, indent=2) + "\n")
+    _write(out / "results.md", markdown(res))
     plot(res, out / "scaling.png")
     print(json.dumps(res["targets"], indent=2))
 

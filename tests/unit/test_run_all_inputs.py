@@ -1,0 +1,76 @@
+"""benchmarks/run_all.py (make bench) refuses bad input before the first ~15-minute section runs, and never leaves a
+half-written results.json. ``run_section`` is replaced by a recorder: nothing is benchmarked here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def run_all(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("run_all_under_test", REPO / "benchmarks" / "run_all.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "QUALITY_RESULTS", tmp_path / "quality_results.json", raising=False)
+    mod.ran = []
+    monkeypatch.setattr(mod, "run_section", lambda argv, timeout_s: mod.ran.append(argv) or {"wall_s": 0.0})
+    return mod
+
+
+def _main(mod, monkeypatch, *argv: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["run_all.py", *argv])
+    mod.main()
+
+
+@pytest.mark.parametrize("only", [",", " , "])
+def test_only_naming_no_section_is_refused(run_all, tmp_path, monkeypatch, capsys, only):
+    with pytest.raises(SystemExit) as info:  # used to run the whole suite
+        _main(run_all, monkeypatch, "--only", only, "--out-dir", str(tmp_path / "out"))
+    assert info.value.code == 2 and "names no section" in capsys.readouterr().err
+    assert run_all.ran == []
+
+
+def test_only_with_an_unknown_name(run_all, tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match=r"unknown section\(s\) \['bogus'\]; valid: train_reference"):
+        _main(run_all, monkeypatch, "--only", "metrics, bogus", "--out-dir", str(tmp_path / "out"))
+    assert run_all.ran == []
+
+
+def test_out_dir_that_cannot_be_created_fails_before_any_section(run_all, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit, match=r"--out-dir .*a_file/out: cannot create it"):
+        _main(run_all, monkeypatch, "--only", "metrics", "--out-dir", str(blocker / "out"))
+    assert run_all.ran == []
+
+
+def test_corrupt_results_json_with_only_is_named(run_all, tmp_path, monkeypatch):
+    (tmp_path / "results.json").write_text('{"date": ')
+    with pytest.raises(SystemExit, match=r"results.json is not valid JSON .*--only would merge into it"):
+        _main(run_all, monkeypatch, "--only", "metrics", "--out-dir", str(tmp_path))
+    assert run_all.ran == [] and (tmp_path / "results.json").read_text() == '{"date": '
+
+
+@pytest.mark.parametrize("text", ['{"lucic": {"fid": 19', '{"lucic": {"evaluate_wall_s": 1.0}}', "[1]"])
+def test_broken_quality_results_are_reported_before_the_suite(run_all, tmp_path, monkeypatch, text):
+    (tmp_path / "quality_results.json").write_text(text)
+    with pytest.raises(SystemExit, match=r"quality_results.json is not a JSON object of bench_quality.py results"):
+        _main(run_all, monkeypatch, "--only", "metrics", "--out-dir", str(tmp_path / "out"))
+    assert run_all.ran == []
+
+
+def test_missing_out_dir_is_created_and_results_written_whole(run_all, tmp_path, monkeypatch):
+    out = tmp_path / "new" / "dir"
+    monkeypatch.setattr(run_all, "plot", lambda res, path: path.write_bytes(b"png"))
+    _main(run_all, monkeypatch, "--only", "orchestration", "--out-dir", str(out))
+    assert len(run_all.ran) == 1
+    res = json.loads((out / "results.json").read_text())
+    assert res["orchestration"] == {"wall_s": 0.0} and "targets" in res
+    assert (out / "results.md").is_file() and not list(out.glob(".*.tmp"))
