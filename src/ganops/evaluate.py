@@ -92,6 +92,24 @@ def make_metric_fn(cfg: EvaluateConfig, *, prepared_dir: str | Path, seed: int) 
     return metric_fn
 
 
+class SnapshotDataMismatchError(ValueError):
+    """The snapshot's generator makes images of another resolution or channel count than the prepared data."""
+
+
+def _check_snapshot_matches_data(snapshot: Path, meta: dict, prepared_dir: str | Path) -> None:
+    """Refuse to compare a generator with real images of another size or channel count (the FID would be
+    computed, and be meaningless)."""
+    from ganops.data.dataset import load_summary
+
+    summary = load_summary(prepared_dir)
+    diffs = [f"{k} {meta.get(k)} vs {summary.get(k)}" for k in ("resolution", "channels")
+             if summary.get(k) is not None and meta.get(k) is not None and int(meta[k]) != int(summary[k])]
+    if diffs:
+        raise SnapshotDataMismatchError(
+            f"{snapshot} generates other images than {prepared_dir} holds ({', '.join(diffs)}): "
+            "evaluate the snapshot against the data it was trained on, or retrain on this data")
+
+
 def evaluate(cfg: EvaluateConfig, *, run_dir: str | Path, prepared_dir: str | Path, seed: int,
              logger: Logger = NullLogger()) -> dict:
     """Evaluate ``run_dir/network-snapshot.pt`` and write ``cfg.out``.
@@ -101,7 +119,8 @@ def evaluate(cfg: EvaluateConfig, *, run_dir: str | Path, prepared_dir: str | Pa
         snapshot_sha256, kimg, seed, wall_time_s.
     Raises:
         FileNotFoundError: no snapshot in run_dir (run train first) or no Inception weights.
-        ValueError: the generator produced NaN/inf images, or too few samples.
+        ValueError: the generator produced NaN/inf images, or too few samples, or its resolution/channels differ
+            from the prepared data's.
     """
     from ganops.training.snapshot import load_generator
 
@@ -110,6 +129,7 @@ def evaluate(cfg: EvaluateConfig, *, run_dir: str | Path, prepared_dir: str | Pa
     if not snapshot.is_file():
         raise FileNotFoundError(f"no {SNAPSHOT_NAME} in {run_dir}; run `ganops train` first")
     G, meta = load_generator(snapshot)
+    _check_snapshot_matches_data(snapshot, meta, prepared_dir)
     extractor = load_feature_extractor(cfg.inception_path, precision=cfg.precision)
     real = real_reference(extractor, cfg, prepared_dir)
     result = fid_kid(generated_stats(G, extractor, cfg, seed), real, cfg, seed)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganops.config import ConfigError
+
 
 @dataclass(frozen=True)
 class GANLoss:
@@ -61,7 +63,7 @@ def get_loss(name: str) -> GANLoss:
         ValueError: unknown name; the message lists the valid ones.
     """
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))} (set train.loss)")
+        raise ConfigError(f"unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))} (set train.loss)")
     return LOSSES[name]
 
 

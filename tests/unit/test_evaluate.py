@@ -200,3 +200,19 @@ def test_evaluate_without_snapshot_says_what_to_run(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="ganops train"):
         evaluate(EvaluateConfig(), run_dir=tmp_path, prepared_dir=tmp_path, seed=0)
+
+
+@pytest.mark.parametrize("key,value", [("resolution", 32), ("channels", 3)])
+def test_evaluate_refuses_snapshot_of_other_image_size(run_and_data, tmp_path, key, value):
+    # A 28x28x1 generator against 32x32 or RGB data would give a finite but meaningless FID; it must be refused
+    # before any Inception work and before eval.json is written.
+    from ganops.evaluate import evaluate
+
+    run_dir, prepared = run_and_data
+    summary = json.loads((prepared / "summary.json").read_text())
+    (prepared / "summary.json").write_text(json.dumps({**summary, "resolution": 28, "channels": 1, key: value}))
+    out = tmp_path / "metrics" / "eval.json"
+    cfg = EvaluateConfig(num_samples=4, batch_size=4, ref_stats_dir=str(tmp_path / "cache"), out=str(out))
+    with pytest.raises(ValueError, match=f"{key} .* vs {value}"):
+        evaluate(cfg, run_dir=run_dir, prepared_dir=prepared, seed=0)
+    assert not out.exists()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ganops.config import ConfigError
 from ganops.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from ganops.models.resnet import ResNetDiscriminator, ResNetGenerator
 
@@ -27,7 +28,7 @@ ARCHS: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module]]] = {
 def check_arch(arch: str) -> None:
     """Raise ``ValueError`` naming the valid architectures when ``arch`` is not registered."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(sorted(ARCHS))} (set train.arch)")
+        raise ConfigError(f"unknown architecture {arch!r}; valid: {', '.join(sorted(ARCHS))} (set train.arch)")
 
 
 def build_G(arch: str, **G_kwargs) -> nn.Module:

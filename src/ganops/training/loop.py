@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ganops.config import TrainConfig
+from ganops.config import ConfigError, TrainConfig
 from ganops.data.dataset import load_split, load_summary
 from ganops.io import atomic_write, sha256_file, write_json
 from ganops.losses import get_loss, gradient_penalty, r1_penalty
@@ -71,7 +71,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
 
 
@@ -90,7 +90,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return torch.bfloat16
     if precision == "fp16":
         if device.type != "cuda":
-            raise ValueError("train.precision=fp16 needs CUDA (CPU autocast supports bf16 only); use bf16 or fp32")
+            raise ConfigError("train.precision=fp16 needs CUDA (CPU autocast supports bf16 only); use bf16 or fp32")
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -249,10 +249,10 @@ def training_loop(
     summary = load_summary(prepared_dir)
     num_images, channels, height, width = images_np.shape
     if height != width:
-        raise ValueError(f"training needs square images, got {height}x{width}; set prepare.resolution")
+        raise ConfigError(f"training needs square images, got {height}x{width}; set prepare.resolution")
     num_classes = int(summary.get("num_classes", 0)) if cfg.conditional else 0
     if cfg.conditional and num_classes < 2:
-        raise ValueError(f"train.conditional=true needs labelled data with >= 2 classes, summary.json says "
+        raise ConfigError(f"train.conditional=true needs labelled data with >= 2 classes, summary.json says "
                          f"num_classes={summary.get('num_classes')}; set train.conditional=false")
     data = torch.from_numpy(images_np).to(device)
     labels = torch.from_numpy(labels_np).to(device)
