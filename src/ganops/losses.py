@@ -60,7 +60,7 @@ def get_loss(name: str) -> GANLoss:
     """Look up a loss by name.
 
     Raises:
-        ValueError: unknown name; the message lists the valid ones.
+        ConfigError (a ValueError): unknown name; the message lists the valid ones.
     """
     if name not in LOSSES:
         raise ConfigError(f"unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))} (set train.loss)")

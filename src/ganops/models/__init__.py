@@ -26,7 +26,7 @@ ARCHS: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module]]] = {
 
 
 def check_arch(arch: str) -> None:
-    """Raise ``ValueError`` naming the valid architectures when ``arch`` is not registered."""
+    """Raise ``ConfigError`` (a ValueError) naming the valid architectures when ``arch`` is not registered."""
     if arch not in ARCHS:
         raise ConfigError(f"unknown architecture {arch!r}; valid: {', '.join(sorted(ARCHS))} (set train.arch)")
 
