@@ -341,7 +341,7 @@ def summary_markdown(project_dir: Path, params: Params, run_id: str, exp_id: str
                      results: list[StageResult]) -> str:
     """The run report: stage table, metrics table, FID history, registered version and alias, and links to the
     MLflow run, the sample grid and the Great Expectations Data Docs."""
-    from ganops.tracking import tracking_uri
+    from ganops.tracking import mlflow_command, tracking_uri
 
     ev = _read_json(project_dir / params.evaluate.out)
     reg = _read_json(project_dir / params.register_.out)
@@ -375,7 +375,7 @@ def summary_markdown(project_dir: Path, params: Params, run_id: str, exp_id: str
     url = _mlflow_run_url(uri, exp_id, run_id)
     lines += ["", "## Links", "",
               f"- **MLflow run** `{run_id}`: [{url}]({url})"
-              + ("" if uri.startswith("http") else f" (start the UI with `mlflow ui --backend-store-uri {uri}`)"),
+              + ("" if uri.startswith("http") else f" (start the UI with `{mlflow_command()} ui --backend-store-uri {uri}`)"),
               f"- **Samples**: [{grid.name}]({grid.as_uri()}) (also the run's `samples/` artifacts)",
               f"- **Data validation (Great Expectations Data Docs)**: [{docs.name}]({docs.as_uri()})"
               + ("" if validation.get("success", True) else " -- validation reported failures")]

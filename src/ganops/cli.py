@@ -220,10 +220,10 @@ def summary(params: ParamsOpt = Path("params.yaml")) -> None:
         _fail("summary", FileNotFoundError(f"no pipeline result yet ({', '.join(missing)} missing): run `dvc repro` first"))
     ev = json.loads(Path(p.evaluate.out).read_text())
     reg = json.loads(Path(p.register_.out).read_text())
-    from ganops.tracking import redact_uri, tracking_uri
+    from ganops.tracking import mlflow_command, redact_uri, tracking_uri
 
     uri = tracking_uri()
-    ui = (f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   (then open http://127.0.0.1:5000)"
+    ui = (f"{mlflow_command()} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   (then open http://127.0.0.1:5000)"
           if uri.startswith("sqlite:") else f"open {redact_uri(uri)}")
     lines = [
         "ganops pipeline summary",

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -115,6 +116,19 @@ def artifact_location(root: str | Path | None = None) -> str:
     """Where new experiments keep artifacts: ``<root>/mlartifacts`` (a ``file://`` URI; root = cwd)."""
     root = Path(root) if root is not None else Path.cwd()
     return (root / "mlartifacts").resolve().as_uri()
+
+
+def mlflow_command() -> str:
+    """How to call this environment's ``mlflow`` CLI: the executable next to the running Python (e.g.
+    ``.venv/bin/mlflow``, relative to the working directory when it lies below it), else plain ``mlflow``. A bare
+    ``mlflow`` is only on PATH when the virtual environment is activated."""
+    exe = Path(sys.executable).with_name("mlflow")
+    if not exe.is_file():
+        return "mlflow"
+    try:
+        return str(exe.relative_to(Path.cwd()))
+    except ValueError:
+        return str(exe)
 
 
 def redact_uri(text: str) -> str:

@@ -221,3 +221,22 @@ def test_dvc_plots_show_renders_the_loss_and_fid_curves(tmp_path):
     assert len(data["runs/train/loss.csv"][0]["content"]["data"]["values"]) == 6  # 3 steps x (loss_G, loss_D)
     fid_values = data["runs/train/fid.csv"][0]["content"]["data"]["values"]
     assert [float(v["fid"]) for v in fid_values] == [70.0]
+
+
+def test_mlflow_command_points_at_this_environments_cli(tmp_path, monkeypatch):
+    # The summary / run report tell the user how to start the UI: a bare `mlflow` is not on PATH without an
+    # activated venv, so the command names the executable next to the running interpreter.
+    import sys
+
+    from ganops.tracking import mlflow_command
+
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    monkeypatch.chdir(tmp_path)
+    assert mlflow_command() == "mlflow"  # no mlflow executable there: the plain name
+    (bin_dir / "mlflow").write_text("#!/bin/sh\n")
+    assert mlflow_command() == ".venv/bin/mlflow"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the venv is not below the working directory: the absolute path
+    assert mlflow_command() == str(bin_dir / "mlflow")
