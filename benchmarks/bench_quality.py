@@ -15,7 +15,7 @@ killed benchmark can be restarted; ``train_wall_s`` then covers only the last in
     .venv/bin/python benchmarks/bench_quality.py                                  # the recommended preset
     .venv/bin/python benchmarks/bench_quality.py --name hinge_sn -S train.loss=hinge -S train.spectral_norm=true \
         -S train.total_kimg=200 -S evaluate.num_samples=2000                       # one more configuration
-    .venv/bin/python benchmarks/bench_quality.py --ablation --ablation-kimg 60 --ablation-samples 1000  # ~35 min
+    .venv/bin/python benchmarks/bench_quality.py --ablation --ablation-kimg 60 --ablation-samples 1000  # ~50 min
 
 ``--ablation`` trains every configuration in ``ABLATION`` (the preset with one technique switched) for the same
 short length from the same seed and evaluates each on the same N vs N test images. One seed and a short run: the
