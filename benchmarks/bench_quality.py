@@ -162,12 +162,13 @@ def check_run_dir(params: dict[str, Any], name: str) -> None:
         return
     from ganops.config import TrainConfig
     from ganops.training.loop import RESUMABLE_OPTIONS
+    from ganops.training.snapshot import changed_options, describe_changes
 
     saved = json.loads(saved_path.read_text())
     current = TrainConfig.model_validate(params["train"]).model_dump(mode="json")
     current["seed"] = params.get("seed", 0)
-    diffs = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items()
-             if k not in RESUMABLE_OPTIONS and k in saved and saved[k] != v]
+    diffs = describe_changes({k: v for k, v in changed_options(saved, current).items()
+                              if k not in RESUMABLE_OPTIONS and k in saved and k in current})
     if diffs:
         raise SystemExit(f"{params['train']['run_dir']} was trained with other options ({'; '.join(diffs)}); its "
                          f"result would be filed under the new ones. Delete that directory to retrain, or choose "

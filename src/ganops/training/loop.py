@@ -253,7 +253,7 @@ def training_loop(
     num_classes = int(summary.get("num_classes", 0)) if cfg.conditional else 0
     if cfg.conditional and num_classes < 2:
         raise ConfigError(f"train.conditional=true needs labelled data with >= 2 classes, summary.json says "
-                         f"num_classes={summary.get('num_classes')}; set train.conditional=false")
+                          f"num_classes={summary.get('num_classes')}; set train.conditional=false")
     data = torch.from_numpy(images_np).to(device)
     labels = torch.from_numpy(labels_np).to(device)
 
