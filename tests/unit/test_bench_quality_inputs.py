@@ -6,7 +6,6 @@ written (no params file, no quality_results.json change).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -14,15 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.scripts import REPO, load_benchmark
 
 
 @pytest.fixture()
 def bq(tmp_path, monkeypatch):
     """The bench_quality module with its root, results file and stage runner redirected into tmp_path."""
-    spec = importlib.util.spec_from_file_location("bench_quality_under_test", REPO / "benchmarks" / "bench_quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("bench_quality")
     monkeypatch.setattr(mod, "ROOT", tmp_path)
     monkeypatch.setattr(mod, "RESULTS", tmp_path / "quality_results.json")
     mod.stages_run = []

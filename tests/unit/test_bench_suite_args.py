@@ -3,25 +3,16 @@ a traceback (or an empty median) after minutes of training."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_under_test", REPO / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench_train():
-    return _load("bench_train")
+    return load_benchmark("bench_train")
 
 
 @pytest.mark.parametrize(("argv", "flag", "why"), [
@@ -60,7 +51,7 @@ def test_bench_train_main_refuses_before_any_work(bench_train, monkeypatch, caps
 
 
 def test_bench_orchestration_repeats_below_one(monkeypatch, capsys):
-    mod = _load("bench_orchestration")
+    mod = load_benchmark("bench_orchestration")
     monkeypatch.setattr(sys, "argv", ["bench_orchestration.py", "--repeats", "0"])
     monkeypatch.setattr(mod, "bench_imports", lambda repeats: pytest.fail("ran with 0 repeats"))
     with pytest.raises(SystemExit) as info:

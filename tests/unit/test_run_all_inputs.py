@@ -3,21 +3,17 @@ half-written results.json. ``run_section`` is replaced by a recorder: nothing is
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.scripts import load_benchmark
 
 
 @pytest.fixture()
 def run_all(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("run_all_under_test", REPO / "benchmarks" / "run_all.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("run_all")
     monkeypatch.setattr(mod, "QUALITY_RESULTS", tmp_path / "quality_results.json", raising=False)
     mod.ran = []
     monkeypatch.setattr(mod, "run_section", lambda argv, timeout_s: mod.ran.append(argv) or {"wall_s": 0.0})
