@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import re
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ganops.io import atomic_write
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -238,9 +239,8 @@ def run_config(preset: Path, name: str, overrides: list[str], skip_train: bool =
         result["ablation"] = ABLATION[name][0]
     results = read_results()
     results[name] = result
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
+    with atomic_write(RESULTS, "w") as f:
+        f.write(json.dumps(results, indent=2) + "\n")
     return result
 
 

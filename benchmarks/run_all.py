@@ -99,9 +99,10 @@ def measured_evaluate_walls(path: Path | None = None) -> list[dict]:
 
 def _write(path: Path, text: str) -> None:
     """Replace ``path`` atomically: a run killed while writing leaves the previous file, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from ganops.io import atomic_write
+
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def _get(d: dict, *keys: str):
