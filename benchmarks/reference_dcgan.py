@@ -1,12 +1,15 @@
 """The baseline training loop the benchmarks compare ganops against.
 
 Written in the style of PyTorch's official DCGAN example (pytorch/examples ``dcgan/main.py``), adapted to 28x28x1
-so that the networks are exactly ganops' (``build_G("dcgan")`` / ``build_D("dcgan")``, same DCGAN init), with:
+so that the networks are ganops' architecture: the example's ``Generator`` / ``Discriminator`` classes (an
+``nn.Sequential`` of stock ``ConvTranspose2d`` / ``Conv2d`` / ``BatchNorm2d`` layers, the D ending in a conv to one
+logit and a ``Sigmoid``) with ganops' layer sizes and biases, started from the very weights ``build_G("dcgan")`` /
+``build_D("dcgan")`` draw for the seed (DCGAN init); the outputs equal ganops' to float rounding (unit test). With:
 
 - a ``torch.utils.data.Dataset`` whose ``__getitem__`` does per-image Python work as torchvision's
   ``FashionMNIST`` + ``ToTensor()`` + ``Normalize((0.5,), (0.5,))`` do (uint8 array -> PIL image -> float tensor
   in [0, 1] -> (x - 0.5) / 0.5), batched by a ``DataLoader(shuffle=True, drop_last=True)`` with ``num_workers``;
-- ``nn.BCELoss`` on ``sigmoid(D(x))`` with real label 1 / fake label 0, ``Adam(lr=2e-4, betas=(0.5, 0.999))``;
+- ``nn.BCELoss`` on the D's sigmoid output with real label 1 / fake label 0, ``Adam(lr=2e-4, betas=(0.5, 0.999))``;
 - per iteration: D on reals (backward), G(z) -> D(fake.detach()) (backward), D step; then D(fake) with label 1
   (backward through D and G), G step; ``.item()`` on the losses each step as the example prints them.
 
@@ -24,6 +27,58 @@ from PIL import Image
 from torch import nn
 
 from ganops.models import build_D, build_G
+from ganops.models.layers import resolution_plan
+
+
+class Generator(nn.Module):
+    """pytorch/examples' DCGAN ``Generator`` with ganops' sizes: z (N, nz) -> (N, nc, res, res) in [-1, 1]."""
+
+    def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 1, res: int = 28):
+        super().__init__()
+        base, n = resolution_plan(res)
+        width = ngf * 2 ** (n - 1)
+        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, width, base, 1, 0, bias=False), nn.BatchNorm2d(width),
+                                   nn.ReLU(True)]
+        for _ in range(n - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2),
+                       nn.ReLU(True)]
+            width //= 2
+        self.main = nn.Sequential(*layers, nn.ConvTranspose2d(width, nc, 4, 2, 1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    """pytorch/examples' DCGAN ``Discriminator`` with ganops' sizes: (N, nc, res, res) -> (N,) probabilities."""
+
+    def __init__(self, ndf: int = 64, nc: int = 1, res: int = 28):
+        super().__init__()
+        base, n = resolution_plan(res)
+        layers: list[nn.Module] = [nn.Conv2d(nc, ndf, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        width = ndf
+        for _ in range(n - 1):
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2),
+                       nn.LeakyReLU(0.2, inplace=True)]
+            width *= 2
+        self.main = nn.Sequential(*layers, nn.Conv2d(width, 1, base, 1, 0), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).view(-1)
+
+
+def example_networks(G: nn.Module, D: nn.Module) -> tuple[Generator, Discriminator]:
+    """The example-style pair holding the weights (and BN buffers) of ganops' unconditional DCGAN ``G`` and ``D``."""
+    ngf = G.net[0].out_channels >> (resolution_plan(G.resolution)[1] - 1)  # first width = ngf * 2**(n - 1)
+    G_ref = Generator(G.z_dim, ngf, G.channels, G.resolution)
+    G_ref.main.load_state_dict({k.removeprefix("net."): v for k, v in G.state_dict().items()})
+    D_ref = Discriminator(D.features[0].out_channels, D.channels, D.resolution)
+    state = {k.removeprefix("features."): v for k, v in D.state_dict().items() if k.startswith("features.")}
+    head = D_ref.main[-2]
+    state[f"{len(D_ref.main) - 2}.weight"] = D.head.linear.weight.detach().view_as(head.weight)
+    state[f"{len(D_ref.main) - 2}.bias"] = D.head.linear.bias.detach()
+    D_ref.main.load_state_dict(state)
+    return G_ref, D_ref
 
 
 class ImageArrayDataset(torch.utils.data.Dataset):
@@ -57,8 +112,9 @@ def reference_train(images: np.ndarray, *, steps: int, batch_size: int = 64, num
     """
     torch.manual_seed(seed)
     res = images.shape[-1]
-    G = build_G("dcgan", z_dim=z_dim, ngf=ngf, resolution=res, channels=1, num_classes=0).train()
-    D = build_D("dcgan", ndf=ndf, resolution=res, channels=1, num_classes=0).train()
+    G, D = example_networks(build_G("dcgan", z_dim=z_dim, ngf=ngf, resolution=res, channels=1, num_classes=0),
+                            build_D("dcgan", ndf=ndf, resolution=res, channels=1, num_classes=0))
+    G, D = G.train(), D.train()
     criterion = nn.BCELoss()
     opt_D = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -75,18 +131,18 @@ def reference_train(images: np.ndarray, *, steps: int, batch_size: int = 64, num
             # (1) Update D: maximize log(D(x)) + log(1 - D(G(z)))
             D.zero_grad()
             label = torch.full((batch_size,), real_label)
-            err_D_real = criterion(torch.sigmoid(D(real)).view(-1), label)
+            err_D_real = criterion(D(real), label)
             err_D_real.backward()
             noise = torch.randn(batch_size, z_dim)
             fake = G(noise)
             label.fill_(fake_label)
-            err_D_fake = criterion(torch.sigmoid(D(fake.detach())).view(-1), label)
+            err_D_fake = criterion(D(fake.detach()), label)
             err_D_fake.backward()
             opt_D.step()
             # (2) Update G: maximize log(D(G(z)))
             G.zero_grad()
             label.fill_(real_label)
-            err_G_t = criterion(torch.sigmoid(D(fake)).view(-1), label)
+            err_G_t = criterion(D(fake), label)
             err_G_t.backward()
             opt_G.step()
             err_D, err_G = (err_D_real + err_D_fake).item(), err_G_t.item()

@@ -91,7 +91,7 @@ def test_projection_head_matches_independent_computation():
     torch.manual_seed(0)
     D = build_D("dcgan", ndf=4, resolution=8, channels=1, num_classes=3).eval()
     x = torch.randn(2, 1, 8, 8)
-    phi = D.features(x)
+    phi = D.features(x).flatten(1)
     for k in range(3):
         c = torch.full((2,), k)
         expected = phi @ D.head.linear.weight[0] + D.head.linear.bias + (phi * D.head.embed.weight[k]).sum(1)
@@ -105,3 +105,29 @@ def test_conditional_G_uses_labels():
         G.blocks[0].bn1.beta.weight[1].fill_(1.0)  # make class 1's shift differ
     z = torch.randn(2, 4)
     assert not torch.allclose(G(z, torch.tensor([0, 0])), G(z, torch.tensor([1, 1])))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("num_classes,sn", [(0, False), (3, False), (3, True)], ids=["plain", "cond", "cond-sn"])
+def test_dcgan_fast_paths_match_stock_layers(memory_format, num_classes, sn):
+    """G's first layer as a matmul and the head reading channels_last maps in NHWC order: same outputs and gradients
+    as the stock layers (ConvTranspose2d on a 1x1 input; NCHW flatten), in both memory formats."""
+    torch.manual_seed(0)
+    G = build_G("dcgan", z_dim=6, ngf=4, resolution=16, channels=2, num_classes=num_classes)
+    D = build_D("dcgan", ndf=4, resolution=16, channels=2, num_classes=num_classes, spectral_norm=sn)
+    G, D = G.to(memory_format=memory_format).eval(), D.to(memory_format=memory_format).eval()
+    z, c = torch.randn(5, 6), (torch.tensor([0, 1, 2, 1, 0]) if num_classes else None)
+    zc = torch.cat([z, G.embed(c)], 1) if num_classes else z
+
+    def grads(loss, module):
+        return [g.clone() for g in torch.autograd.grad(loss, list(module.parameters()))]
+
+    fast, stock = G(z, c), G.net(zc[:, :, None, None])  # G.net[0] = the ConvTranspose2d module itself
+    torch.testing.assert_close(fast, stock, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads(fast.square().sum(), G), grads(stock.square().sum(), G), rtol=1e-4, atol=1e-6)
+    x = torch.randn(5, 2, 16, 16).contiguous(memory_format=memory_format)
+    h = D.features(x)
+    assert h.is_contiguous(memory_format=memory_format)
+    fast_D, stock_D = D(x, c), D.head(h.flatten(1), c)  # flatten(1) copies a channels_last map into NCHW order
+    torch.testing.assert_close(fast_D, stock_D, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads(fast_D.sum(), D), grads(stock_D.sum(), D), rtol=1e-4, atol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _sn
@@ -102,7 +103,11 @@ def check_labels(c: torch.Tensor | None, num_classes: int, n: int) -> None:
 class ProjectionHead(nn.Module):
     """Projection discriminator output (Miyato & Koyama 2018): ``logit = psi(phi) + <embed(c), phi>``.
 
-    ``forward(phi, c)``: phi float (N, F) features, c int64 (N,) or None; returns (N,) logits.
+    ``forward(phi, c)``: phi float (N, F) features or a (N, C, H, W) map with C*H*W = F (flattened in NCHW order, the
+    order of the weights), c int64 (N,) or None; returns (N,) logits. A channels_last map is read in its memory
+    order (NHWC) against weights permuted to match: no copy of the activations, and the gradient comes back in
+    channels_last (a plain flatten would copy and send an NCHW gradient into the channels_last layers, whose
+    mixed-format backward is ~10x slower).
     """
 
     def __init__(self, num_features: int, num_classes: int, sn: bool):
@@ -111,7 +116,22 @@ class ProjectionHead(nn.Module):
         self.embed = maybe_sn(nn.Embedding(num_classes, num_features), sn) if num_classes > 0 else None
 
     def forward(self, phi: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        out = self.linear(phi).squeeze(1)
+        chw = None  # set when phi is read in NHWC order
+        if phi.dim() == 4:
+            n, C, H, W = phi.shape
+            if phi.is_contiguous(memory_format=torch.channels_last) and not phi.is_contiguous():
+                chw, phi = (C, H, W), phi.permute(0, 2, 3, 1).reshape(n, H * W * C)  # a view
+            else:
+                phi = phi.reshape(n, C * H * W)
+        out = F.linear(phi, _rows_in_order(self.linear.weight, chw), self.linear.bias).squeeze(1)
         if self.embed is not None:
-            out = out + (self.embed(c) * phi).sum(dim=1)
+            out = out + (F.embedding(c, _rows_in_order(self.embed.weight, chw)) * phi).sum(dim=1)
         return out
+
+
+def _rows_in_order(w: torch.Tensor, chw: tuple[int, int, int] | None) -> torch.Tensor:
+    """(rows, C*H*W) weights in NCHW feature order -> NHWC order when ``chw`` is given (a small copy)."""
+    if chw is None:
+        return w
+    C, H, W = chw
+    return w.view(-1, C, H, W).permute(0, 2, 3, 1).reshape(w.shape[0], H * W * C)
