@@ -21,12 +21,15 @@ def ema_beta(batch_size: int, halflife_kimg: float) -> float:
 
 @torch.no_grad()
 def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
-    """``p_ema <- beta * p_ema + (1 - beta) * p`` for parameters; buffers (BN statistics, spectral-norm vectors)
-    are copied from G. ``beta = 0`` makes G_ema an exact copy of G."""
-    for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
-        if beta == 0.0:
-            p_ema.copy_(p)
-        else:
-            p_ema.copy_(p.detach().lerp(p_ema, beta))
+    """``p_ema <- beta * p_ema + (1 - beta) * p`` for parameters, in place (one fused ``_foreach_lerp_`` over all
+    of them); buffers (BN statistics, spectral-norm vectors) are copied from G. ``beta = 0`` makes G_ema an exact
+    copy of G."""
+    ema_params, params = list(G_ema.parameters()), [p.detach() for p in G.parameters()]
+    if len(ema_params) != len(params):
+        raise ValueError(f"G_ema has {len(ema_params)} parameters, G {len(params)}: not the same architecture")
+    if beta == 0.0:
+        torch._foreach_copy_(ema_params, params)
+    else:
+        torch._foreach_lerp_(ema_params, params, 1.0 - beta)
     for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
         b_ema.copy_(b)

@@ -124,8 +124,8 @@ def _set_rng_state(state: dict[str, Any], data_gen: torch.Generator) -> None:
 
 
 def _grad_norm(module: torch.nn.Module) -> float:
-    grads = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
+    grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads, foreach=True)) if grads else 0.0  # one foreach kernel
 
 
 def _guard(name: str, value: float, step: int, limit: float | None = None) -> None:
