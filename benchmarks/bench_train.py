@@ -7,9 +7,11 @@ first step(s) of each run dropped as warm-up; "median" is the typical step, "min
 Sections:
 - variants: the real ``training_loop`` in fp32, bf16 autocast, channels_last, bf16 + channels_last (batch 64),
   plus the ``total_kimg`` that fits a wall-clock budget at the fp32 rate.
-- reference: ganops ``training_loop`` (defaults: channels_last, fused Adam, one G forward per step, batches drawn
-  from one uint8 tensor) vs ``reference_dcgan.reference_train`` (pytorch/examples dcgan style: Dataset with
-  per-image ToTensor/Normalize, DataLoader, BCE on sigmoid, Adam(2e-4, 0.5)); same networks, batch, threads.
+- reference: ganops ``training_loop`` (defaults: channels_last, G's first layer as a matmul, the D head reading
+  channels_last maps as they lie, fused Adam, D frozen in the G step, one G forward per step, batches drawn from one
+  uint8 tensor) vs ``reference_dcgan.reference_train`` (pytorch/examples dcgan style: the example's Generator /
+  Discriminator classes of stock layers, Dataset with per-image ToTensor/Normalize, DataLoader, BCE on sigmoid,
+  Adam(2e-4, 0.5)); same architecture and initial weights, batch, threads.
 - scaling: images/s of both loops for several batch sizes x torch threads, and of the reference for several
   DataLoader worker counts.
 - quality: both loops train ``--quality-steps`` steps on Fashion-MNIST from the same seed; FID (legacy_tensorflow
