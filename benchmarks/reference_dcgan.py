@@ -44,8 +44,11 @@ class Generator(nn.Module):
                        nn.ReLU(True)]
             width //= 2
         self.main = nn.Sequential(*layers, nn.ConvTranspose2d(width, nc, 4, 2, 1), nn.Tanh())
+        self.z_dim = nz  # what ganops' samplers (training.sampling.iter_samples) read
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: None = None) -> torch.Tensor:
+        if c is not None:
+            raise ValueError("the example Generator is unconditional; pass no class labels")
         return self.main(z[:, :, None, None])
 
 

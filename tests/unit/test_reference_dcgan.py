@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ganops.models import build_D, build_G
+from ganops.training.sampling import iter_samples
 from tests.scripts import load_benchmark
 
 ref = load_benchmark("reference_dcgan")
@@ -36,3 +37,6 @@ def test_reference_train_runs_and_reports_per_step_seconds():
     assert len(stats["sec_per_step"]) == 3 and all(s > 0 for s in stats["sec_per_step"])
     assert np.isfinite(stats["loss_D"]) and np.isfinite(stats["loss_G"])
     assert G(torch.randn(2, 8)).shape == (2, 1, 8, 8)
+    # bench_train's quality section samples it with ganops' sampler, as it does ganops' G_ema
+    samples = torch.cat(list(iter_samples(G.eval(), 5, seed=1, batch_size=2)))
+    assert samples.shape == (5, 1, 8, 8) and samples.abs().max() <= 1
