@@ -131,3 +131,27 @@ def test_dcgan_fast_paths_match_stock_layers(memory_format, num_classes, sn):
     fast_D, stock_D = D(x, c), D.head(h.flatten(1), c)  # flatten(1) copies a channels_last map into NCHW order
     torch.testing.assert_close(fast_D, stock_D, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads(fast_D.sum(), D), grads(stock_D.sum(), D), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_dcgan_refuses_misshapen_inputs(memory_format, num_classes):
+    """G's matmul first layer and the D head's NHWC read take any tensor whose size fits: a 1-D z (an IndexError
+    under the stock layers) passed as a batch of one, and a wrong z_dim or image size failed deep inside with a
+    matmul/view message. Each is now a ValueError naming the expected shape."""
+    G = build_G("dcgan", z_dim=7, ngf=3, resolution=16, channels=1, num_classes=num_classes)
+    D = build_D("dcgan", ndf=3, resolution=16, channels=1, num_classes=num_classes)
+    G, D = G.to(memory_format=memory_format).eval(), D.to(memory_format=memory_format).eval()
+    c2 = torch.tensor([0, 1]) if num_classes else None
+    for z in (torch.randn(7), torch.randn(2, 6), torch.randn(2, 7, 1, 1)):
+        with pytest.raises(ValueError, match=r"z must have shape \(N, 7\)"):
+            G(z, c2 if z.dim() > 1 else (c2[:1] if num_classes else None))
+    for x in (torch.randn(2, 1, 32, 32), torch.randn(2, 1, 8, 8), torch.randn(2, 3, 16, 16)):
+        with pytest.raises(ValueError, match=r"images must have shape \(N, 1, 16, 16\)"):
+            D(x.contiguous(memory_format=memory_format), c2)
+    from ganops.models.dcgan import project_z
+    with pytest.raises(ValueError, match=r"z must have shape \(N, 5\)"):
+        project_z(torch.randn(5), torch.randn(5, 2, 4, 4))
+    with pytest.raises(ValueError, match="features"):
+        D.head(torch.randn(2, 3, 4, 4).contiguous(memory_format=memory_format), c2)
+    assert G(torch.randn(2, 7), c2).shape == (2, 1, 16, 16) and D(torch.randn(2, 1, 16, 16), c2).shape == (2,)

@@ -19,7 +19,7 @@ class DCGANGenerator(nn.Module):
     -> float32 (N, channels, resolution, resolution) in [-1, 1].
 
     Raises:
-        ValueError: unsupported resolution (see ``resolution_plan``), bad labels at forward time.
+        ValueError: unsupported resolution (see ``resolution_plan``); at forward time, z not (N, z_dim) or bad labels.
     """
 
     def __init__(self, z_dim: int = 100, ngf: int = 64, resolution: int = 28, channels: int = 1, num_classes: int = 0):
@@ -41,6 +41,9 @@ class DCGANGenerator(nn.Module):
         dcgan_init_(self)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if z.dim() != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z must have shape (N, {self.z_dim}) (N latent vectors of z_dim {self.z_dim}), got "
+                             f"{tuple(z.shape)}; draw it as torch.randn(N, G.z_dim)")
         check_labels(c, self.num_classes, z.shape[0])
         if self.embed is not None:
             z = torch.cat([z, self.embed(c)], dim=1)
@@ -52,11 +55,14 @@ def project_z(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     computed as the matrix product it is: ``h[n, c, i, j] = sum_d z[n, d] * weight[d, c, i, j]``.
 
     z float (N, in), weight (in, C, k, k) -> (N, C, k, k), in channels_last memory when ``weight`` is (then both
-    the weight view and the result permute are free). Same parameters and math as the transposed convolution,
-    about 2.5x less time than oneDNN's transposed convolution for this layer (forward + backward, batch 64,
-    z_dim 100 -> 128x7x7, 2 CPU threads: ~7.6 ms -> ~3 ms in torch.profiler).
+    the weight view and the result permute are free); ValueError when z is not (N, in). Same parameters and math as
+    the transposed convolution, about 2.5x less time than oneDNN's transposed convolution for this layer (forward +
+    backward, batch 64, z_dim 100 -> 128x7x7, 2 CPU threads: ~7.6 ms -> ~3 ms in torch.profiler).
     """
     d, C, k, _ = weight.shape
+    if z.dim() != 2 or z.shape[1] != d:  # a matmul would take a 1-D z as a batch of one
+        raise ValueError(f"z must have shape (N, {d}) for a first-layer weight {tuple(weight.shape)}, "
+                         f"got {tuple(z.shape)}")
     if weight.is_contiguous():  # NCHW: (in, C*k*k) is a view
         return (z @ weight.reshape(d, C * k * k)).view(-1, C, k, k)
     # channels_last: (in, k, k, C) is the contiguous order; the (N, k, k, C) result is an NCHW channels_last view
@@ -65,7 +71,7 @@ def project_z(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 class DCGANDiscriminator(nn.Module):
     """DCGAN discriminator. ``forward(x, c=None)``: x float (N, channels, resolution, resolution) in [-1, 1],
-    c int64 (N,) when conditional -> float32 logits (N,).
+    c int64 (N,) when conditional -> float32 logits (N,). Raises ValueError for another image shape or bad labels.
 
     With ``spectral_norm=True`` every conv/linear is spectrally normalised and BN is dropped (Miyato et al. 2018).
     """
@@ -88,5 +94,8 @@ class DCGANDiscriminator(nn.Module):
         dcgan_init_(self)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 4 or tuple(x.shape[1:]) != (self.channels, self.resolution, self.resolution):
+            raise ValueError(f"images must have shape (N, {self.channels}, {self.resolution}, {self.resolution}) for "
+                             f"this discriminator, got {tuple(x.shape)}; resize them as prepare.resolution does")
         check_labels(c, self.num_classes, x.shape[0])
         return self.head(self.features(x), c)

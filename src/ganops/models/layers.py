@@ -108,6 +108,9 @@ class ProjectionHead(nn.Module):
     order (NHWC) against weights permuted to match: no copy of the activations, and the gradient comes back in
     channels_last (a plain flatten would copy and send an NCHW gradient into the channels_last layers, whose
     mixed-format backward is ~10x slower).
+
+    Raises:
+        ValueError: phi does not hold F features per sample.
     """
 
     def __init__(self, num_features: int, num_classes: int, sn: bool):
@@ -123,6 +126,9 @@ class ProjectionHead(nn.Module):
                 chw, phi = (C, H, W), phi.permute(0, 2, 3, 1).reshape(n, H * W * C)  # a view
             else:
                 phi = phi.reshape(n, C * H * W)
+        if phi.dim() != 2 or phi.shape[1] != self.linear.in_features:
+            raise ValueError(f"the projection head takes {self.linear.in_features} features per sample, got phi of "
+                             f"shape {tuple(phi.shape) if chw is None else (n, *chw)}")
         out = F.linear(phi, _rows_in_order(self.linear.weight, chw), self.linear.bias).squeeze(1)
         if self.embed is not None:
             out = out + (F.embedding(c, _rows_in_order(self.embed.weight, chw)) * phi).sum(dim=1)
