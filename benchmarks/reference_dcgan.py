@@ -71,7 +71,14 @@ class Discriminator(nn.Module):
 
 
 def example_networks(G: nn.Module, D: nn.Module) -> tuple[Generator, Discriminator]:
-    """The example-style pair holding the weights (and BN buffers) of ganops' unconditional DCGAN ``G`` and ``D``."""
+    """The example-style pair holding the weights (and BN buffers) of ganops' unconditional DCGAN ``G`` and ``D``.
+
+    Raises:
+        ValueError: a conditional pair or a spectrally normalised D (the example has neither).
+    """
+    if G.num_classes or D.num_classes or any("parametrizations" in k for k in D.state_dict()):
+        raise ValueError("the pytorch/examples networks hold an unconditional DCGAN without spectral norm; build G "
+                         "and D with num_classes=0 and spectral_norm=False")
     ngf = G.net[0].out_channels >> (resolution_plan(G.resolution)[1] - 1)  # first width = ngf * 2**(n - 1)
     G_ref = Generator(G.z_dim, ngf, G.channels, G.resolution)
     G_ref.main.load_state_dict({k.removeprefix("net."): v for k, v in G.state_dict().items()})

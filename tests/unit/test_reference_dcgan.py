@@ -40,3 +40,13 @@ def test_reference_train_runs_and_reports_per_step_seconds():
     # bench_train's quality section samples it with ganops' sampler, as it does ganops' G_ema
     samples = torch.cat(list(iter_samples(G.eval(), 5, seed=1, batch_size=2)))
     assert samples.shape == (5, 1, 8, 8) and samples.abs().max() <= 1
+
+
+@pytest.mark.parametrize("num_classes,sn", [(3, False), (0, True)], ids=["conditional", "spectral-norm"])
+def test_example_networks_refuse_what_the_example_cannot_hold(num_classes, sn):
+    """The example's networks have no class embedding and no spectral norm: a clear refusal, not a load_state_dict
+    dump of missing/unexpected keys."""
+    G = build_G("dcgan", z_dim=10, ngf=8, resolution=16, channels=1, num_classes=num_classes)
+    D = build_D("dcgan", ndf=8, resolution=16, channels=1, num_classes=num_classes, spectral_norm=sn)
+    with pytest.raises(ValueError, match="unconditional DCGAN without spectral norm"):
+        ref.example_networks(G, D)
