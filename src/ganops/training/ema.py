@@ -21,7 +21,7 @@ def ema_beta(batch_size: int, halflife_kimg: float) -> float:
 
 @torch.no_grad()
 def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
-    """``p_ema <- beta * p_ema + (1 - beta) * p`` for parameters, in place (one fused ``_foreach_lerp_`` over all
+    """``p_ema <- beta * p_ema + (1 - beta) * p`` for parameters, in place (one ``_foreach_lerp_`` call over all
     of them); buffers (BN statistics, spectral-norm vectors) are copied from G. ``beta = 0`` makes G_ema an exact
     copy of G."""
     ema_params, params = list(G_ema.parameters()), [p.detach() for p in G.parameters()]
