@@ -23,7 +23,11 @@ def ema_beta(batch_size: int, halflife_kimg: float) -> float:
 def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
     """``p_ema <- beta * p_ema + (1 - beta) * p`` for parameters, in place (one ``_foreach_lerp_`` call over all
     of them); buffers (BN statistics, spectral-norm vectors) are copied from G. ``beta = 0`` makes G_ema an exact
-    copy of G."""
+    copy of G.
+
+    Raises:
+        ValueError: G_ema and G have different numbers of parameters (not the same architecture).
+    """
     ema_params, params = list(G_ema.parameters()), [p.detach() for p in G.parameters()]
     if len(ema_params) != len(params):
         raise ValueError(f"G_ema has {len(ema_params)} parameters, G {len(params)}: not the same architecture")
