@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from ganops.training import loop as loop_mod
 from ganops.training.loop import training_loop
 from ganops.training.snapshot import ResumeMismatchError, TrainingDivergedError, load_generator, load_torch
 
-from .conftest import tiny_cfg
+from .conftest import tiny_cfg, write_prepared
 
 
 def _state(run_dir: Path) -> dict:
@@ -164,3 +165,12 @@ def test_nan_loss_keeps_last_good_state(tmp_path, prepared, monkeypatch):
     assert _state(run)["step"] == 7
     assert before["train.json"] == sha256_file(run / "train.json")
     assert torch.isfinite(torch.cat([v.flatten().float() for v in _state(run)["G"].values()])).all()
+
+
+def test_batch_larger_than_the_dataset_warns_and_trains(tmp_path, caplog):
+    prepared = write_prepared(tmp_path / "small", n=6)
+    with caplog.at_level(logging.WARNING, logger="ganops.training.loop"):
+        out = training_loop(tiny_cfg(tmp_path / "run", batch_size=8, total_kimg=0.016), prepared_dir=prepared, seed=0,
+                            progress=False)
+    assert out["step"] == 2
+    assert any("train.batch_size=8 is larger than the 6 training images" in r.getMessage() for r in caplog.records)

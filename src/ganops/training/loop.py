@@ -254,6 +254,10 @@ def training_loop(
     if cfg.conditional and num_classes < 2:
         raise ConfigError(f"train.conditional=true needs labelled data with >= 2 classes, summary.json says "
                           f"num_classes={summary.get('num_classes')}; set train.conditional=false")
+    if cfg.batch_size > num_images:
+        log.warning("train.batch_size=%d is larger than the %d training images: every batch repeats images (batches "
+                    "are drawn with replacement); lower train.batch_size or raise prepare.max_train",
+                    cfg.batch_size, num_images)
     data = torch.from_numpy(images_np).to(device)
     labels = torch.from_numpy(labels_np).to(device)
 
