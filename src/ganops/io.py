@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -132,6 +133,30 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
                 committing or exc.errno in _WRITE_ERRNOS):
             raise output_error(exc, path) from exc
         raise
+
+
+# What atomic_write's mkstemp names look like: ".<target name>.<8 random chars>.tmp".
+_ATOMIC_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete the temporary files ``atomic_write`` leaves in ``directory`` (not below it) when its process is killed
+    mid-write (SIGKILL, power loss): files named ``.<name>.<8 random chars>.tmp``. Other files are not touched.
+
+    Call it only while no other process writes into ``directory`` (e.g. at the start of a run that owns it).
+    Returns the removed paths; a missing directory removes nothing. Files that vanish or cannot be removed meanwhile
+    are skipped.
+    """
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for p in directory.glob(".*.tmp"):
+        if _ATOMIC_TEMP.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -174,3 +174,15 @@ def test_batch_larger_than_the_dataset_warns_and_trains(tmp_path, caplog):
                             progress=False)
     assert out["step"] == 2
     assert any("train.batch_size=8 is larger than the 6 training images" in r.getMessage() for r in caplog.records)
+
+
+def test_partial_writes_of_a_killed_run_are_removed_on_the_next_start(tmp_path, prepared):
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = [run / ".fakes-latest.png.k2j_9x0q.tmp", run / ".training-state.pt.abcdefgh.tmp"]
+    keep = [run / ".notes.tmp", run / "mine.tmp", run / ".fakes-latest.png.TOOLONG123.tmp"]
+    for p in stale + keep:
+        p.write_bytes(b"partial")
+    training_loop(tiny_cfg(run), prepared_dir=prepared, seed=0, progress=False)
+    assert not any(p.exists() for p in stale)
+    assert all(p.read_bytes() == b"partial" for p in keep)

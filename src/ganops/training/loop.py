@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ganops.config import ConfigError, TrainConfig
 from ganops.data.dataset import load_split, load_summary
-from ganops.io import atomic_write, sha256_file, write_json
+from ganops.io import atomic_write, remove_stale_temps, sha256_file, write_json
 from ganops.losses import get_loss, gradient_penalty, r1_penalty
 from ganops.models import build_D, build_G, check_arch
 from ganops.tracking import Logger, NullLogger
@@ -283,6 +283,9 @@ def training_loop(
     last: dict[str, float] = {}
 
     # ---- Resume from training-state.pt; an architecture change is refused or restarts (on_config_change) -------
+    if is_main:  # a run killed mid-write (SIGKILL) leaves atomic_write's temporary files behind
+        for p in remove_stale_temps(run_dir):
+            log.info("removed %s, a partial write of an interrupted run", p)
     state_path, stats_path = run_dir / "training-state.pt", run_dir / "stats.jsonl"
     resumed_from_step = None
     state = load_torch(state_path, "cpu") if state_path.is_file() else None
