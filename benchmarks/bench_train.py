@@ -211,7 +211,8 @@ def bench_quality(tmp: Path, steps: int, samples: int, threads: int, seeds: list
             "fid_reference_mean": round(statistics.fmean(r), 2), "fid_delta": round(delta, 2),
             "fid_seed_spread": None if spread is None else round(spread, 2),
             "no_fid_loss": None if spread is None else delta <= spread,
-            "train_wall_s_ganops": round(train_s["ganops"], 1), "train_wall_s_reference": round(train_s["reference"], 1),
+            "train_wall_s_ganops": round(train_s["ganops"], 1),
+            "train_wall_s_reference": round(train_s["reference"], 1),
             "total_wall_s": round(time.perf_counter() - t, 1)}
 
 

@@ -125,7 +125,7 @@ def _set_rng_state(state: dict[str, Any], data_gen: torch.Generator) -> None:
 
 def _grad_norm(module: torch.nn.Module) -> float:
     grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads, foreach=True)) if grads else 0.0  # foreach: one call for all grads
+    return float(torch.nn.utils.get_total_norm(grads, foreach=True)) if grads else 0.0  # one call for all grads
 
 
 def _guard(name: str, value: float, step: int, limit: float | None = None) -> None:
