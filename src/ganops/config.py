@@ -141,6 +141,8 @@ class EvaluateConfig(_Strict):
     kid_subset_size: int = Field(1000, ge=2)
     inception_path: str | None = Field(None, description="NVIDIA inception-2015-12-05.pt; None = auto")
     precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="sampling + Inception; auto = CUDA when available (fp32 without TF32), else CPU")
     ref_stats_dir: str = "cache/ref_stats"
     out: str = "metrics/eval.json"
 

@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 SNAPSHOT_NAME = "network-snapshot.pt"
 
 
+def _extractor(cfg: EvaluateConfig) -> FeatureExtractor:
+    """The Inception extractor on ``cfg.device`` (``auto``: CUDA when available). Raises ConfigError for ``cuda``
+    without a GPU."""
+    from ganops.training.loop import resolve_device
+
+    device = resolve_device(cfg.device, "evaluate.device")
+    return load_feature_extractor(cfg.inception_path, precision=cfg.precision, device=str(device))
+
+
 def real_reference(extractor: FeatureExtractor, cfg: EvaluateConfig, prepared_dir: str | Path,
                    split: str = "test", num_images: int | None = None) -> ref_stats.RefStats:
     """Statistics (and kept features) of the first ``num_images`` images of a prepared split, cached.
@@ -64,7 +73,8 @@ def generated_stats(G: torch.nn.Module, extractor: FeatureExtractor, cfg: Evalua
     from ganops.training.sampling import iter_samples
 
     stats = FeatureStats(max_kept=min(cfg.num_samples, defaults.MAX_KEPT_FEATURES))
-    for batch in iter_samples(G, cfg.num_samples, seed=seed, batch_size=cfg.batch_size):
+    device = next(G.parameters()).device  # latents go where G is (the training device for in-training FID)
+    for batch in iter_samples(G, cfg.num_samples, seed=seed, batch_size=cfg.batch_size, device=device):
         stats.append(extractor.features(quantize_to_uint8(batch), cfg.protocol, cfg.batch_size))
     return stats
 
@@ -85,7 +95,7 @@ def make_metric_fn(cfg: EvaluateConfig, *, prepared_dir: str | Path, seed: int) 
 
     def metric_fn(G: torch.nn.Module) -> dict:
         if not state:
-            state["extractor"] = load_feature_extractor(cfg.inception_path, precision=cfg.precision)
+            state["extractor"] = _extractor(cfg)
             state["real"] = real_reference(state["extractor"], cfg, prepared_dir)
         return fid_kid(generated_stats(G, state["extractor"], cfg, seed), state["real"], cfg, seed)
 
@@ -115,10 +125,12 @@ def evaluate(cfg: EvaluateConfig, *, run_dir: str | Path, prepared_dir: str | Pa
     """Evaluate ``run_dir/network-snapshot.pt`` and write ``cfg.out``.
 
     Returns:
-        The eval.json dict: fid, kid_mean, kid_std, num_generated, num_real, protocol, precision, weights_sha256,
+        The eval.json dict: fid, kid_mean, kid_std, num_generated, num_real, protocol, precision, device (cpu or
+        cuda: where G sampled and Inception ran), weights_sha256,
         snapshot_sha256, kimg, seed, wall_time_s.
     Raises:
         FileNotFoundError: no snapshot in run_dir (run train first) or no Inception weights.
+        ConfigError: evaluate.device is ``cuda`` but no CUDA device is available.
         ValueError: the generator produced NaN/inf images, or too few samples, or its resolution/channels differ
             from the prepared data's.
     """
@@ -130,10 +142,12 @@ def evaluate(cfg: EvaluateConfig, *, run_dir: str | Path, prepared_dir: str | Pa
         raise FileNotFoundError(f"no {SNAPSHOT_NAME} in {run_dir}; run `ganops train` first")
     G, meta = load_generator(snapshot)
     _check_snapshot_matches_data(snapshot, meta, prepared_dir)
-    extractor = load_feature_extractor(cfg.inception_path, precision=cfg.precision)
+    extractor = _extractor(cfg)
+    G = G.to(extractor.device)
     real = real_reference(extractor, cfg, prepared_dir)
     result = fid_kid(generated_stats(G, extractor, cfg, seed), real, cfg, seed)
-    result.update(protocol=cfg.protocol, precision=cfg.precision, weights_sha256=extractor.weights_sha256,
+    result.update(protocol=cfg.protocol, precision=cfg.precision, device=extractor.device.type,
+                  weights_sha256=extractor.weights_sha256,
                   snapshot_sha256=sha256_file(snapshot), kimg=float(meta.get("kimg", 0.0)), seed=seed,
                   wall_time_s=round(time.time() - t0, 3))
     if not np.isfinite(result["fid"]):

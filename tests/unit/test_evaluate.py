@@ -187,12 +187,26 @@ def test_evaluate_writes_eval_json_and_reuses_reference_cache(run_and_data, tmp_
                 "snapshot_sha256", "kimg"):
         assert key in written, key
     assert written["num_generated"] == 4 and written["num_real"] == 4 and written["kimg"] == 1.5
+    assert written["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # evaluate.device: auto
     assert written["snapshot_sha256"] == sha256_file(run_dir / "network-snapshot.pt")
     assert np.isfinite(written["fid"]) and written["fid"] > 0
     assert len(list((tmp_path / "cache").glob("test-4-legacy_tensorflow-*.npz"))) == 1
     with pytest.warns(UserWarning, match="clamping"):
         second = evaluate(cfg, run_dir=run_dir, prepared_dir=prepared, seed=3)
     assert second["fid"] == first["fid"] and second["kid_mean"] == first["kid_mean"]  # deterministic, cache reused
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_evaluate_device_cuda_without_gpu_names_the_param_before_writing(run_and_data, tmp_path):
+    from ganops.config import ConfigError
+    from ganops.evaluate import evaluate
+
+    run_dir, prepared = run_and_data
+    cfg = EvaluateConfig(num_samples=4, device="cuda", ref_stats_dir=str(tmp_path / "cache"),
+                         out=str(tmp_path / "metrics" / "eval.json"))
+    with pytest.raises(ConfigError, match=r"evaluate\.device is 'cuda' but no CUDA device"):
+        evaluate(cfg, run_dir=run_dir, prepared_dir=prepared, seed=3)
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "cache").exists()
 
 
 def test_evaluate_without_snapshot_says_what_to_run(tmp_path):

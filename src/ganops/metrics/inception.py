@@ -15,6 +15,7 @@ the way NVIDIA does, ``net(x, return_features=True)`` on 0..255 input, after our
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from collections.abc import Iterable, Iterator
@@ -66,6 +67,21 @@ def resolve_weights_path(path: str | os.PathLike | None = None) -> Path:
     return found
 
 
+@contextlib.contextmanager
+def _no_tf32(device: torch.device) -> Iterator[None]:
+    """fp32 convolutions in full fp32 on CUDA: cuDNN's default TF32 (10-bit mantissa) would move FID away from the
+    reference implementations' values. A no-op on CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
+
+
 class FeatureExtractor:
     """uint8 images -> float64 (N, 2048) Inception pool3 features under a resize protocol.
 
@@ -105,11 +121,13 @@ class FeatureExtractor:
         """float32 (N, 3, 299, 299) in [-1, 1] -> float32 (N, 2048)."""
         x = x.to(self.device)
         if self.backend == "torchscript":
-            if self._nvidia_full:
-                return self._net(x * 128 + 128, return_features=True)  # NVIDIA's net scales 0..255 itself
-            return self._net(x)
+            with _no_tf32(self.device):
+                if self._nvidia_full:
+                    return self._net(x * 128 + 128, return_features=True)  # NVIDIA's net scales 0..255 itself
+                return self._net(x)
         x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with _no_tf32(self.device), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                   enabled=self.precision == "bf16"):
             return self._net(x).float()
 
     def features(self, images: torch.Tensor | np.ndarray, protocol: str = defaults.PROTOCOL,

@@ -66,12 +66,16 @@ MetricFn = Callable[[torch.nn.Module], dict[str, float]]
 # Small helpers (device, precision, RNG capture, divergence guard, stats file)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU. Raises ValueError for ``cuda`` without a GPU."""
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu`` / ``cuda`` as given.
+
+    Raises:
+        ConfigError (a ValueError): ``cuda`` without a CUDA device (``key`` names the parameter in the message).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise ConfigError(f"{key} is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
 
 
@@ -237,6 +241,8 @@ def training_loop(
         logger, progress = NullLogger(), False
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if device.type == "cuda":  # fixed shapes: cuDNN times its kernels once and keeps the fastest (as StyleGAN2-ADA)
+        torch.backends.cudnn.benchmark = True
     amp_dtype = resolve_precision(cfg.precision, device)
     use_scaler = amp_dtype == torch.float16
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
