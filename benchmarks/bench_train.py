@@ -14,6 +14,8 @@ Sections:
   Adam(2e-4, 0.5)); same architecture and initial weights, batch, threads.
 - scaling: images/s of both loops for several batch sizes x torch threads, and of the reference for several
   DataLoader worker counts.
+- cuda (needs a CUDA GPU): ganops fp32 and AMP (bf16 autocast) vs the reference at several batch sizes and
+  DataLoader worker counts.
 - quality: both loops train ``--quality-steps`` steps on Fashion-MNIST for each of ``--quality-seeds``; FID
   (legacy_tensorflow Inception protocol) of ``--quality-samples`` samples of each against as many test images; the
   mean difference is judged against the seed-to-seed spread.
@@ -49,7 +51,6 @@ VARIANTS = {
     "channels_last": dict(precision="fp32", channels_last=True),
     "bf16_channels_last": dict(precision="bf16", channels_last=True),
 }
-FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -57,10 +58,11 @@ FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
 def fashion_mnist(split: str, n: int) -> np.ndarray:
-    """uint8 (n, 1, 28, 28) Fashion-MNIST images (``split`` = train | t10k), read straight from the IDX files."""
-    from ganops.data.source_fashion_mnist import read_idx_gz
+    """uint8 (n, 1, 28, 28) Fashion-MNIST images (``split`` = train | t10k), read straight from the IDX files
+    (in /usr/share/datasets/fashion-mnist, else data/raw/fashion-mnist, as ``ganops prepare`` looks)."""
+    from ganops.data.source_fashion_mnist import find_fashion_mnist_dir, read_idx_gz
 
-    return read_idx_gz(f"{FMNIST}/{split}-images-idx3-ubyte.gz")[:n, None]
+    return read_idx_gz(find_fashion_mnist_dir() / f"{split}-images-idx3-ubyte.gz")[:n, None]
 
 
 def make_prepared(root: Path, images: np.ndarray) -> Path:
@@ -75,10 +77,10 @@ def make_prepared(root: Path, images: np.ndarray) -> Path:
 
 
 def run_ganops(prepared: Path, run_dir: Path, steps: int, batch_size: int, threads: int, seed: int = 0,
-               log_every: int = 1, **overrides) -> list[float]:
+               log_every: int = 1, device: str = "cpu", **overrides) -> list[float]:
     """Seconds per step of ``training_loop`` (one window per ``log_every`` steps) for ``steps`` steps."""
     cfg = TrainConfig(batch_size=batch_size, total_kimg=steps * batch_size / 1000, log_every_steps=log_every,
-                      sample_every_kimg=1e6, checkpoint_every_kimg=1e6, device="cpu", run_dir=str(run_dir),
+                      sample_every_kimg=1e6, checkpoint_every_kimg=1e6, device=device, run_dir=str(run_dir),
                       num_threads=threads, **overrides)
     training_loop(cfg, prepared_dir=prepared, seed=seed, progress=False)
     lines = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines() if "sec_per_step" in x]
@@ -86,10 +88,10 @@ def run_ganops(prepared: Path, run_dir: Path, steps: int, batch_size: int, threa
 
 
 def run_reference(images: np.ndarray, steps: int, batch_size: int, threads: int, workers: int = 0,
-                  seed: int = 0) -> list[float]:
+                  seed: int = 0, device: str = "cpu") -> list[float]:
     torch.set_num_threads(threads)
-    return reference_train(images, steps=steps, batch_size=batch_size, num_workers=workers, seed=seed)[1][
-        "sec_per_step"]
+    return reference_train(images, steps=steps, batch_size=batch_size, num_workers=workers, seed=seed,
+                           device=device)[1]["sec_per_step"]
 
 
 def summarize(sec_per_step: list[float], batch_size: int, warmup: int = 1) -> dict:
@@ -139,6 +141,45 @@ def bench_reference(tmp: Path, steps: int, repeats: int, threads: int, workers: 
     return {"batch_size": batch_size, "threads": threads, "reference_workers": workers, **out,
             "speedup_median": round(out["reference"]["sec_per_step_median"] / out["ganops"]["sec_per_step_median"], 3),
             "speedup_min": round(out["reference"]["sec_per_step_min"] / out["ganops"]["sec_per_step_min"], 3),
+            "target": 1.5}
+
+
+def bench_cuda(tmp: Path, batches: list[int], steps: int, repeats: int, workers_list: list[int],
+               device: str = "cuda") -> dict:
+    """The reference comparison on a CUDA GPU: ganops in fp32 and with AMP (bf16 autocast, ``precision=auto``),
+    each channels_last (the default) and NCHW, against the pytorch/examples-style loop (fp32, as the example) with
+    each DataLoader worker count, per batch size, interleaved. Both loops synchronise every step (their loss ``.item()`` calls), so a step's clock holds
+    its GPU time; the first 2 steps of each run are warm-up (cuDNN autotuning). ``device="cpu"`` runs the same
+    code without a GPU (tests; "AMP" is then fp32)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_train --cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    images = fashion_mnist("train", 8192)
+    prepared = make_prepared(tmp, images)
+    rows = []
+    for b in batches:
+        contenders = {}
+        for name, precision, cl in (("ganops_fp32", "fp32", True), ("ganops_amp_bf16", "auto", True),
+                                    ("ganops_fp32_nchw", "fp32", False), ("ganops_amp_bf16_nchw", "auto", False)):
+            contenders[name] = (lambda rep, name=name, precision=precision, cl=cl: run_ganops(
+                prepared, tmp / f"cu-{name}-{b}-{rep}", steps, b, 0, device=device, precision=precision,
+                channels_last=cl))
+        for w in workers_list:
+            contenders[f"reference_workers{w}"] = (
+                lambda rep, w=w: run_reference(images, steps, b, torch.get_num_threads(), w, device=device))
+        times: dict[str, list[float]] = {k: [] for k in contenders}
+        for rep in range(repeats):
+            for name, run in contenders.items():
+                times[name] += run(rep)[2:]
+        res = {k: summarize(v, b, warmup=0) for k, v in times.items()}
+        best_ref = min((k for k in res if k.startswith("reference")), key=lambda k: res[k]["sec_per_step_median"])
+        row = {"batch_size": b, **{k: v["images_per_s_median"] for k, v in res.items()}, "best_reference": best_ref}
+        for k in (k for k in res if k.startswith("ganops")):
+            row[f"speedup_{k}"] = round(res[best_ref]["sec_per_step_median"] / res[k]["sec_per_step_median"], 3)
+        rows.append(row)
+        print(json.dumps({"cuda_row": row}), file=sys.stderr, flush=True)
+    return {"device": torch.cuda.get_device_name() if device == "cuda" else device, "steps_per_run": steps,
+            "repeats": repeats, "rows": rows,
+            "note": "images/s = batch / median step time; speedups against the fastest reference worker count",
             "target": 1.5}
 
 
@@ -261,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--scaling-threads", type=_int_list(1), default=[1, 2])
     ap.add_argument("--scaling-workers", type=_int_list(0), default=[0, 1, 2])
     ap.add_argument("--scaling-steps", type=pos, default=4)
+    ap.add_argument("--cuda", action="store_true", help="ganops fp32 / AMP vs the reference on a CUDA GPU")
+    ap.add_argument("--cuda-batches", type=_int_list(1), default=[64, 256, 1024])
+    ap.add_argument("--cuda-steps", type=_int_at_least(3), default=60)
+    ap.add_argument("--cuda-workers", type=_int_list(0), default=[0, 2],
+                    help="reference DataLoader workers (the example's default is 2)")
     ap.add_argument("--quality", action="store_true")
     ap.add_argument("--quality-steps", type=pos, default=300)
     ap.add_argument("--quality-samples", type=_int_at_least(2), default=500, help="images per side of the FID")
@@ -274,8 +320,8 @@ def main() -> None:
     args = ap.parse_args()
     if not args.budget_min > 0:
         ap.error(f"--budget-min must be > 0 minutes, got {args.budget_min}")
-    if not (args.variants or args.reference or args.scaling or args.quality):
-        ap.error("choose at least one section: --variants, --reference, --scaling, --quality")
+    if not (args.variants or args.reference or args.scaling or args.quality or args.cuda):
+        ap.error("choose at least one section: --variants, --reference, --scaling, --quality, --cuda")
 
     result: dict = {"model": "dcgan 28x28x1 z_dim=100 ngf=ndf=64 (one D + one G step per step)", **machine()}
     with tempfile.TemporaryDirectory() as tmp_str:
@@ -287,6 +333,8 @@ def main() -> None:
                                                                   args.threads, args.reference_workers)),
             ("scaling", args.scaling, lambda: bench_scaling(tmp, args.scaling_batches, args.scaling_threads,
                                                             args.scaling_workers, args.scaling_steps)),
+            ("cuda", args.cuda, lambda: bench_cuda(tmp, args.cuda_batches, args.cuda_steps, args.repeats,
+                                                   args.cuda_workers)),
             ("quality", args.quality, lambda: bench_quality(tmp, args.quality_steps, args.quality_samples,
                                                             args.threads, args.quality_seeds)),
         ]

@@ -109,22 +109,27 @@ class ImageArrayDataset(torch.utils.data.Dataset):
 
 
 def reference_train(images: np.ndarray, *, steps: int, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
-                    z_dim: int = 100, ngf: int = 64, ndf: int = 64,
+                    z_dim: int = 100, ngf: int = 64, ndf: int = 64, device: str | torch.device = "cpu",
                     on_step: Callable[[int, float], None] | None = None) -> tuple[nn.Module, dict]:
     """Train the DCGAN pair for ``steps`` iterations the pytorch/examples way; return ``(G, stats)``.
 
     Args:
         images: uint8 (N, 1, H, W) training images, N >= batch_size.
         steps: iterations (one D step and one G step each); the loader restarts its epoch as needed.
+        device: "cpu" or "cuda"; on CUDA, as the example: ``cudnn.benchmark = True``, each batch copied with
+            ``.to(device)``, labels and noise made on the device (the per-step ``.item()`` synchronises).
         on_step: called as ``on_step(step, seconds)`` after every iteration (seconds include waiting for data).
     Returns:
         G in train mode and ``{"sec_per_step": [...], "loss_D": float, "loss_G": float}``.
     """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(seed)
     res = images.shape[-1]
     G, D = example_networks(build_G("dcgan", z_dim=z_dim, ngf=ngf, resolution=res, channels=1, num_classes=0),
                             build_D("dcgan", ndf=ndf, resolution=res, channels=1, num_classes=0))
-    G, D = G.train(), D.train()
+    G, D = G.to(device).train(), D.to(device).train()
     criterion = nn.BCELoss()
     opt_D = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -140,10 +145,11 @@ def reference_train(images: np.ndarray, *, steps: int, batch_size: int = 64, num
         for real, _ in loader:
             # (1) Update D: maximize log(D(x)) + log(1 - D(G(z)))
             D.zero_grad()
-            label = torch.full((batch_size,), real_label)
+            real = real.to(device)
+            label = torch.full((batch_size,), real_label, device=device)
             err_D_real = criterion(D(real), label)
             err_D_real.backward()
-            noise = torch.randn(batch_size, z_dim)
+            noise = torch.randn(batch_size, z_dim, device=device)
             fake = G(noise)
             label.fill_(fake_label)
             err_D_fake = criterion(D(fake.detach()), label)

@@ -1,4 +1,4 @@
-"""bench_train.py's quality section end to end on a tiny budget: both loops train, every FID is measured."""
+"""bench_train.py's quality and cuda sections end to end on a tiny budget (the cuda section on the CPU)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,15 @@ def test_quality_section_measures_both_loops_over_seeds(tmp_path):
     assert out["fid_delta"] == pytest.approx(sum(g) / 2 - sum(r) / 2, abs=0.011)
     assert out["fid_seed_spread"] == pytest.approx(max(statistics.stdev(g), statistics.stdev(r)), abs=0.011)
     assert out["no_fid_loss"] is (out["fid_delta"] <= out["fid_seed_spread"] + 0.005)
+
+
+def test_cuda_section_code_runs_on_cpu_and_rows_hold_every_contender(tmp_path):
+    bench = load_benchmark("bench_train")
+    out = bench.bench_cuda(tmp_path, batches=[16, 32], steps=4, repeats=1, workers_list=[0, 1], device="cpu")
+    assert [r["batch_size"] for r in out["rows"]] == [16, 32]
+    for row in out["rows"]:
+        rates = {k: row[k] for k in ("ganops_fp32", "ganops_amp_bf16", "reference_workers0", "reference_workers1")}
+        assert all(v > 0 for v in rates.values()), rates
+        best = row["best_reference"]
+        assert rates[best] == max(rates["reference_workers0"], rates["reference_workers1"])
+        assert row["speedup_ganops_fp32"] == pytest.approx(rates["ganops_fp32"] / rates[best], rel=0.02)

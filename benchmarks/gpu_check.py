@@ -1,0 +1,128 @@
+"""The pipeline on a CUDA GPU, timed: prepare -> train (AMP) -> evaluate (FID on the GPU); prints one JSON object.
+
+Runs the stages' library functions with ``params.yaml`` as ``make run`` does, overriding only the device, the
+training precision and the output paths (under ``--work``). Left out: ``validate`` (Great Expectations) and
+``register`` / tracking (MLflow), CPU bookkeeping that a GPU does not change (their times are in the orchestration
+benchmark). Also measured:
+
+- in-training FID on the GPU (``train.eval_every_kimg``: G_ema samples on the training device);
+- FID of one snapshot evaluated on the GPU and on the CPU (each computing its own reference statistics), so the
+  GPU path (fp32 convolutions with TF32 off) is checked against the CPU numbers, which match the reference
+  implementations;
+- evaluate's wall time for each of ``--fid-samples`` (generated samples; real side: as many test images, at most
+  10k).
+
+``--work`` (default runs/gpu_check) is deleted and rewritten on every run.
+
+    python benchmarks/gpu_check.py --out gpu.json            # ~2 min on an H200 once the data is prepared
+
+Exits with an error when no CUDA device is available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine  # noqa: E402
+
+from ganops.config import load_params  # noqa: E402
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma list of integers, e.g. 2000,10000") from None
+    if not values or min(values) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers >= 2")
+    return values
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--work", default="runs/gpu_check", help="run dir, eval outputs and statistics caches go here")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of this script")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="training precision (auto = AMP: bf16 autocast where supported)")
+    ap.add_argument("--total-kimg", type=float, default=None, help="default: params.yaml's train.total_kimg")
+    ap.add_argument("--fid-samples", type=_int_list, default=[2000, 10000])
+    ap.add_argument("--agreement-samples", type=int, default=500, help="FID on GPU vs CPU with this many samples")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_check: no CUDA device is available (torch.cuda.is_available() is False)")
+
+    from ganops.data.prepare import prepare
+    from ganops.evaluate import evaluate, make_metric_fn
+    from ganops.training.loop import training_loop
+
+    p = load_params(args.params)
+    work = Path(args.work)
+    if work.exists():  # a fresh run each time: an old run dir would be resumed, not timed
+        shutil.rmtree(work)
+    result: dict = {"params": args.params, **machine(),
+                    "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None, "stages_s": {}}
+    t = time.perf_counter()
+    summary_path = Path(p.prepare.out_dir) / "summary.json"
+    if summary_path.is_file():
+        result["prepare"] = "reused " + str(summary_path)
+    else:
+        prepare(p.prepare, seed=p.seed)
+    result["stages_s"]["prepare"] = round(time.perf_counter() - t, 2)
+
+    total_kimg = args.total_kimg if args.total_kimg is not None else p.train.total_kimg
+    train_cfg = p.train.model_copy(update=dict(
+        device=args.device, precision=args.precision, total_kimg=total_kimg, run_dir=str(work / "train"),
+        eval_every_kimg=total_kimg / 2, eval_num_samples=500))
+    eval_in_train = p.evaluate.model_copy(update=dict(device=args.device, num_samples=500,
+                                                      ref_stats_dir=str(work / "train" / "ref_stats")))
+    metric_fn = make_metric_fn(eval_in_train, prepared_dir=p.prepare.out_dir, seed=p.seed)
+    t = time.perf_counter()
+    summary = training_loop(train_cfg, prepared_dir=p.prepare.out_dir, seed=p.seed, progress=False,
+                            metric_fn=metric_fn)
+    result["stages_s"]["train"] = round(time.perf_counter() - t, 2)
+    stats = [json.loads(x) for x in (work / "train" / "stats.jsonl").read_text().splitlines()]
+    rates = [s["images_per_s"] for s in stats if "images_per_s" in s]
+    rates = rates[1:] or rates  # first window: warm-up (cuDNN autotuning)
+    result["train"] = {"total_kimg": total_kimg, "steps": summary["step"], "precision": args.precision,
+                       "batch_size": train_cfg.batch_size, "images_per_s_median": round(statistics.median(rates), 1),
+                       "in_training_fid": [s["metric/fid"] for s in stats if "metric/fid" in s],
+                       "loss_G": summary["loss_G"], "loss_D": summary["loss_D"]}
+
+    def run_eval(device: str, n: int, tag: str) -> dict:
+        cfg = p.evaluate.model_copy(update=dict(device=device, num_samples=n, out=str(work / f"eval-{tag}.json"),
+                                                ref_stats_dir=str(work / f"ref_stats-{device}")))
+        t0 = time.perf_counter()
+        out = evaluate(cfg, run_dir=work / "train", prepared_dir=p.prepare.out_dir, seed=p.seed)
+        return {"device": out["device"], "num_samples": n, "num_real": out["num_real"], "fid": out["fid"],
+                "kid_mean": out["kid_mean"], "wall_s": round(time.perf_counter() - t0, 2)}
+
+    result["evaluate"] = []
+    for n in args.fid_samples:
+        result["evaluate"].append(run_eval(args.device, n, f"{args.device}-{n}"))
+        print(json.dumps({"evaluate": result["evaluate"][-1]}), file=sys.stderr, flush=True)
+    result["stages_s"]["evaluate"] = result["evaluate"][0]["wall_s"]
+    n = args.agreement_samples
+    a, b = run_eval(args.device, n, f"agree-{args.device}"), run_eval("cpu", n, "agree-cpu")
+    result["fid_agreement"] = {"num_samples": n, args.device: a["fid"], "cpu": b["fid"],
+                               "abs_diff": abs(a["fid"] - b["fid"]), "wall_s": {args.device: a["wall_s"],
+                                                                                "cpu": b["wall_s"]}}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
