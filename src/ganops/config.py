@@ -90,6 +90,8 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     channels_last: bool = Field(True, description="NHWC memory format for G and D (1.3x faster on the 2-core CPU)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cuda_graph: bool = Field(True, description="on CUDA, replay the training step as one captured CUDA graph "
+                             "(not with DDP, R1, GP, DiffAugment or fp16, which train eagerly)")
     num_threads: int = Field(0, ge=0, description="torch intra-op CPU threads; 0 = torch default (all cores)")
     num_workers: int = Field(0, ge=0, description="unused: the train split is held in memory as one uint8 tensor")
     log_every_steps: int = Field(10, ge=1, description="stats.jsonl / logger interval, in G steps")

@@ -64,6 +64,16 @@ def test_run_directory_contract(tmp_path, prepared):
         assert torch.equal(v, state["G_ema"][k])
     options = json.loads((run / "training_options.json").read_text())
     assert options["G_kwargs"] == meta["G_kwargs"] and options["seed"] == 0
+    assert out["cuda_graph"] is False  # CPU: eager steps (the CUDA-graph step is for CUDA devices only)
+
+
+def test_cuda_graph_option_changes_where_it_runs_not_the_experiment(tmp_path, prepared):
+    # A run may resume with cuda_graph flipped even under on_config_change=restart (like device / precision).
+    run = tmp_path / "run"
+    training_loop(tiny_cfg(run, cuda_graph=False), prepared_dir=prepared, seed=0, progress=False)
+    out = training_loop(tiny_cfg(run, cuda_graph=True, total_kimg=0.08, on_config_change="restart"),
+                        prepared_dir=prepared, seed=0, progress=False)
+    assert (out["resumed_from_step"], out["step"]) == (5, 10)
 
 
 def test_same_seed_bit_identical_other_seed_differs(tmp_path, prepared):

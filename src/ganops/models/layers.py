@@ -96,6 +96,8 @@ def check_labels(c: torch.Tensor | None, num_classes: int, n: int) -> None:
         raise ValueError(f"conditional network (num_classes={num_classes}) needs int64 labels of shape ({n},)")
     if c.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {tuple(c.shape)}")
+    if c.is_cuda and torch.cuda.is_current_stream_capturing():
+        return  # the range check reads the host; a captured training step's labels come from the checked data
     if c.numel() and (int(c.min()) < 0 or int(c.max()) >= num_classes):
         raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {int(c.min())}..{int(c.max())}")
 

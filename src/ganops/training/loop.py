@@ -127,9 +127,12 @@ def _set_rng_state(state: dict[str, Any], data_gen: torch.Generator) -> None:
     data_gen.set_state(state["data"].cpu())
 
 
-def _grad_norm(module: torch.nn.Module) -> float:
+def _grad_norm(module: torch.nn.Module) -> torch.Tensor:
+    """L2 norm over all of ``module``'s gradients, a 0-d tensor on their device (no host synchronisation)."""
     grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads, foreach=True)) if grads else 0.0  # one call for all grads
+    if not grads:
+        return torch.zeros((), device=next(module.parameters()).device)
+    return torch.nn.utils.get_total_norm(grads, foreach=True)  # one call for all grads
 
 
 def _guard(name: str, value: float, step: int, limit: float | None = None) -> None:
@@ -162,12 +165,14 @@ def _truncate_stats(path: Path, keep_through_step: int) -> None:
         f.write("".join(ln + "\n" for ln in kept))
 
 
+GRAPH_WARMUP_STEPS = 3  # eager steps before the CUDA graph capture
+
 # Options a run may resume with when they change (train.on_config_change=restart restarts on any other change):
 # its length, logging / sampling / checkpoint / evaluation intervals, where and how fast it runs, and the policy.
 RESUMABLE_OPTIONS = frozenset({
     "total_kimg", "log_every_steps", "sample_every_kimg", "checkpoint_every_kimg", "eval_every_kimg",
     "eval_num_samples", "grid_size", "device", "num_threads", "num_workers", "precision", "channels_last",
-    "run_dir", "on_config_change", "mode_collapse_threshold", "mode_collapse_num_images", "grad_norm_limit",
+    "cuda_graph", "run_dir", "on_config_change", "mode_collapse_threshold", "mode_collapse_num_images", "grad_norm_limit",
 })
 
 
@@ -247,8 +252,18 @@ def training_loop(
     use_scaler = amp_dtype == torch.float16
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
+    use_gp = loss.needs_gradient_penalty and cfg.gp_lambda > 0
+    # CUDA graph (CUDA only): after GRAPH_WARMUP_STEPS eager steps (cuDNN autotuning, Adam state, allocator) the
+    # step is captured once and replayed: one launch per step instead of a few hundred, which is what bounds a
+    # small GAN on a GPU. Not for steps whose work varies (lazy R1, augmentation, GP) or needs the host (fp16
+    # scaler, DDP). Replays run the captured kernels on the same tensors: the same arithmetic as eager steps.
+    use_graph = (device.type == "cuda" and cfg.cuda_graph and dist_info.world_size == 1 and not use_gp
+                 and cfg.r1_gamma == 0 and not augment_policy and not use_scaler)
+
     def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+        # A captured graph must not rely on autocast's cache of cast weights (the cache is cleared on exit).
+        return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None,
+                              cache_enabled=not use_graph)
 
     # ---- Data: the whole train split as one uint8 tensor; batches are drawn by seeded random index ------------
     images_np, labels_np = load_split(prepared_dir, "train")
@@ -280,8 +295,9 @@ def training_loop(
     D = build_D(cfg.arch, **D_kwargs).to(device, memory_format=memory_format).train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     # Fused Adam (one kernel for all parameters; CPU and CUDA): ~4x faster optimizer step than the per-tensor loop.
-    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas_g, fused=True)
-    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas_d, fused=True)
+    # capturable: the step count lives on the GPU and is advanced by the kernel, so a CUDA graph can replay it.
+    opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas_g, fused=True, capturable=use_graph)
+    opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas_d, fused=True, capturable=use_graph)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     # Decorrelated from the global stream, which draws z, fake labels, augmentations and GP epsilons.
     data_gen = torch.Generator().manual_seed(seed + 0x5EED)
@@ -325,6 +341,8 @@ def training_loop(
         G_ema.load_state_dict(state["G_ema"])
         opt_G.load_state_dict(state["opt_G"])
         opt_D.load_state_dict(state["opt_D"])
+        for group in (*opt_G.param_groups, *opt_D.param_groups):  # a loaded state brings its run's setting
+            group["capturable"] = use_graph
         if state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         step, cur_nimg, best_fid = int(state["step"]), int(state["cur_nimg"]), float(state["best_fid"])
@@ -426,7 +444,6 @@ def training_loop(
     B = cfg.batch_size
     total_nimg = int(round(cfg.total_kimg * 1000))
     beta = ema_beta(B, cfg.ema_halflife_kimg)
-    use_gp = loss.needs_gradient_penalty and cfg.gp_lambda > 0
     saved_step = step if resumed_from_step is not None else None
     window_s, window_steps = 0.0, 0
     # initial is capped at total: tqdm drops the total (and fails on the bar format) once n >= total + 0.5.
@@ -436,12 +453,14 @@ def training_loop(
     def augment(x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, augment_policy) if augment_policy else x
 
-    while cur_nimg < total_nimg:
-        t_step = time.perf_counter()
+    def train_step(idx: torch.Tensor, with_r1: bool) -> tuple[list[str], torch.Tensor]:
+        """One D step then one G step on the real batch ``data[idx]``, plus the G_ema update.
 
+        Returns the step's statistics as names and one float32 device tensor, which the caller reads once: no
+        host synchronisation happens in here, so the whole step can be captured as a CUDA graph.
+        """
         # D step: real batch by seeded index, fakes from fresh z (with the real batch's labels when conditional).
         # DDP: every rank draws the same global indices / latents and keeps its disjoint shard [rank::world].
-        idx = ddp.shard(torch.randint(num_images, (B,), generator=data_gen), dist_info).to(device)
         reals = (data[idx].float() / 127.5 - 1.0).contiguous(memory_format=memory_format)
         c_real = labels[idx] if num_classes else None
         z = ddp.shard(torch.randn(B, cfg.z_dim, device=device), dist_info)
@@ -454,39 +473,87 @@ def training_loop(
             real_logits = D_train(aug_reals, c_real).float()
             fake_logits = D_train(aug_fakes, c_fake).float()
         loss_D = loss.d_loss(real_logits, fake_logits)
-        gp = r1 = None
+        extra: dict[str, torch.Tensor] = {}
         if use_gp:  # penalties in fp32: double backward under autocast is fragile
-            gp = gradient_penalty(D, aug_reals.float(), aug_fakes.float(), c_real)
-            loss_D = loss_D + cfg.gp_lambda * gp
-        if cfg.r1_gamma > 0 and step % cfg.r1_interval == 0:  # lazy R1 (StyleGAN2 sec. 3.1)
-            r1 = r1_penalty(D, aug_reals.float(), c_real)
-            loss_D = loss_D + r1 * (cfg.r1_gamma / 2) * cfg.r1_interval
-        _guard("loss_D", float(loss_D.detach()), step)
+            extra["gp"] = gradient_penalty(D, aug_reals.float(), aug_fakes.float(), c_real)
+            loss_D = loss_D + cfg.gp_lambda * extra["gp"]
+        if with_r1:  # lazy R1 (StyleGAN2 sec. 3.1)
+            extra["r1"] = r1_penalty(D, aug_reals.float(), c_real)
+            loss_D = loss_D + extra["r1"] * (cfg.r1_gamma / 2) * cfg.r1_interval
         opt_D.zero_grad(set_to_none=True)
         scaler.scale(loss_D).backward()
         scaler.unscale_(opt_D)
         grad_norm_D = _grad_norm(D)
-        if not (use_scaler and not math.isfinite(grad_norm_D)):  # fp16 overflow: the scaler skips the step
-            _guard("grad_norm_D", grad_norm_D, step, cfg.grad_norm_limit)
-        scaler.step(opt_D)
+        scaler.step(opt_D)  # fp16: the scaler skips a step whose gradients overflowed
 
         # G step on the D step's fakes (saves a G forward, ~10% of a step): D frozen so its grads stay untouched.
         D.requires_grad_(False)
         with autocast():  # raw D: no gradient sync for D here, G's gradients are all-reduced by G_train
             gen_logits = D(augment(fakes.float()), c_fake).float()
         loss_G = loss.g_loss(gen_logits)
-        _guard("loss_G", float(loss_G.detach()), step)
         opt_G.zero_grad(set_to_none=True)
         scaler.scale(loss_G).backward()
         scaler.unscale_(opt_G)
         grad_norm_G = _grad_norm(G)
-        if not (use_scaler and not math.isfinite(grad_norm_G)):
-            _guard("grad_norm_G", grad_norm_G, step, cfg.grad_norm_limit)
         scaler.step(opt_G)
         scaler.update()
-
-        # G_ema, counters.
         update_ema(G_ema, G, beta)
+        named = {"loss_D": loss_D, "loss_G": loss_G, "D_real": real_logits.mean(), "D_fake": fake_logits.mean(),
+                 "grad_norm_D": grad_norm_D, "grad_norm_G": grad_norm_G, **extra}
+        return list(named), torch.stack([v.detach().float() for v in named.values()])
+
+    graph: torch.cuda.CUDAGraph | None = None
+    graph_io: dict[str, Any] = {}
+    warm_stream = torch.cuda.Stream() if use_graph else None
+    eager_steps = 0
+
+    def run_step(idx: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        nonlocal graph, use_graph, eager_steps
+        if graph is not None:
+            graph_io["idx"].copy_(idx)
+            graph.replay()
+            return graph_io["names"], graph_io["stats"]
+        if use_graph and eager_steps >= GRAPH_WARMUP_STEPS:
+            graph_io["idx"] = idx.clone()
+            torch.cuda.synchronize()
+            candidate = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(candidate):
+                    graph_io["names"], graph_io["stats"] = train_step(graph_io["idx"], False)
+            except RuntimeError as err:  # capture records but does not run kernels: the step is redone eagerly
+                log.warning("CUDA graph capture of the training step failed (%s); training eagerly",
+                            str(err).splitlines()[0][:300])
+                use_graph = False
+                graph_io.clear()
+            else:
+                graph = candidate
+                graph.replay()  # capturing ran nothing: this is the step's real execution
+                return graph_io["names"], graph_io["stats"]
+        eager_steps += 1
+        with_r1 = cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
+        if warm_stream is None:
+            return train_step(idx, with_r1)
+        warm_stream.wait_stream(torch.cuda.current_stream())  # warm-up on a side stream, as graph capture asks
+        with torch.cuda.stream(warm_stream):
+            out = train_step(idx, with_r1)
+        torch.cuda.current_stream().wait_stream(warm_stream)
+        return out
+
+    while cur_nimg < total_nimg:
+        t_step = time.perf_counter()
+        idx = ddp.shard(torch.randint(num_images, (B,), generator=data_gen), dist_info).to(device)
+        names, stats_t = run_step(idx)
+        values = dict(zip(names, stats_t.tolist(), strict=True))  # the step's one host synchronisation
+        # Divergence guard, in step order. A bad step has already updated G and D in memory, but nothing of it
+        # reaches the disk: the run stops here, before any checkpoint.
+        _guard("loss_D", values["loss_D"], step)
+        if not (use_scaler and not math.isfinite(values["grad_norm_D"])):  # fp16 overflow: the scaler skipped it
+            _guard("grad_norm_D", values["grad_norm_D"], step, cfg.grad_norm_limit)
+        _guard("loss_G", values["loss_G"], step)
+        if not (use_scaler and not math.isfinite(values["grad_norm_G"])):
+            _guard("grad_norm_G", values["grad_norm_G"], step, cfg.grad_norm_limit)
+
+        # Counters.
         prev_nimg = cur_nimg
         cur_nimg += B
         step += 1
@@ -495,13 +562,8 @@ def training_loop(
         window_steps += 1
 
         # Logging.
-        last = {"loss_G": float(loss_G.detach()), "loss_D": float(loss_D.detach()),
-                "D_real": float(real_logits.detach().mean()),
-                "D_fake": float(fake_logits.detach().mean()), "grad_norm_D": grad_norm_D, "grad_norm_G": grad_norm_G}
-        if gp is not None:
-            last["gp"] = float(gp.detach())
-        if r1 is not None:
-            last["r1"] = float(r1.detach())
+        last = {k: values[k] for k in ("loss_G", "loss_D", "D_real", "D_fake", "grad_norm_D", "grad_norm_G",
+                                       "gp", "r1") if k in values}
         done = cur_nimg >= total_nimg
         if step % cfg.log_every_steps == 0 or done:
             sec_per_step = window_s / window_steps
@@ -545,7 +607,7 @@ def training_loop(
         "snapshot": str(snapshot_path), "snapshot_sha256": sha256_file(snapshot_path),
         "snapshot_latest_sha256": sha256_file(run_dir / "network-snapshot-latest.pt"),
         "resumed_from_step": resumed_from_step, "device": str(device), "precision": cfg.precision,
-        "arch": cfg.arch, "loss": cfg.loss,
+        "cuda_graph": graph is not None, "arch": cfg.arch, "loss": cfg.loss,
         "world_size": dist_info.world_size, "rank_checksums": rank_checksums,
     }
     write_json(run_dir / "train.json", summary_out)
