@@ -14,8 +14,8 @@ Sections:
   Adam(2e-4, 0.5)); same architecture and initial weights, batch, threads.
 - scaling: images/s of both loops for several batch sizes x torch threads, and of the reference for several
   DataLoader worker counts.
-- cuda (needs a CUDA GPU): ganops fp32 and AMP (bf16 autocast) vs the reference at several batch sizes and
-  DataLoader worker counts.
+- cuda (needs a CUDA GPU): ganops fp32 and AMP (bf16 autocast), with and without the CUDA-graph step, vs the
+  reference at several batch sizes and DataLoader worker counts.
 - quality: both loops train ``--quality-steps`` steps on Fashion-MNIST for each of ``--quality-seeds``; FID
   (legacy_tensorflow Inception protocol) of ``--quality-samples`` samples of each against as many test images; the
   mean difference is judged against the seed-to-seed spread.
@@ -97,7 +97,8 @@ def run_reference(images: np.ndarray, steps: int, batch_size: int, threads: int,
 def summarize(sec_per_step: list[float], batch_size: int, warmup: int = 1) -> dict:
     timed = sec_per_step[warmup:] or sec_per_step
     med = statistics.median(timed)
-    return {"sec_per_step_median": round(med, 4), "sec_per_step_min": round(min(timed), 4),
+    # 6 decimals: a GPU step is under a millisecond, and the speedups are ratios of these.
+    return {"sec_per_step_median": round(med, 6), "sec_per_step_min": round(min(timed), 6),
             "images_per_s_median": round(batch_size / med, 2), "images_per_s_max": round(batch_size / min(timed), 2),
             "timed_steps": len(timed)}
 
@@ -147,10 +148,11 @@ def bench_reference(tmp: Path, steps: int, repeats: int, threads: int, workers: 
 def bench_cuda(tmp: Path, batches: list[int], steps: int, repeats: int, workers_list: list[int],
                device: str = "cuda") -> dict:
     """The reference comparison on a CUDA GPU: ganops in fp32 and with AMP (bf16 autocast, ``precision=auto``),
-    each channels_last (the default) and NCHW, against the pytorch/examples-style loop (fp32, as the example) with
-    each DataLoader worker count, per batch size, interleaved. Both loops synchronise every step (their loss ``.item()`` calls), so a step's clock holds
-    its GPU time; the first 2 steps of each run are warm-up (cuDNN autotuning). ``device="cpu"`` runs the same
-    code without a GPU (tests; "AMP" is then fp32)."""
+    each channels_last (the default) and NCHW, with the step replayed as a CUDA graph (the default) and without,
+    against the pytorch/examples-style loop (fp32, as the example) with each DataLoader worker count, per batch
+    size, interleaved. Both loops read their losses on the host every step, so a step's clock holds its GPU time;
+    the first 2 steps of each run are dropped (cuDNN autotuning), the median step is robust to the graph capture
+    (step 4). ``device="cpu"`` runs the same code without a GPU (tests; "AMP" is then fp32, no graph)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_train --cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     images = fashion_mnist("train", 8192)
@@ -158,11 +160,13 @@ def bench_cuda(tmp: Path, batches: list[int], steps: int, repeats: int, workers_
     rows = []
     for b in batches:
         contenders = {}
-        for name, precision, cl in (("ganops_fp32", "fp32", True), ("ganops_amp_bf16", "auto", True),
-                                    ("ganops_fp32_nchw", "fp32", False), ("ganops_amp_bf16_nchw", "auto", False)):
-            contenders[name] = (lambda rep, name=name, precision=precision, cl=cl: run_ganops(
+        for name, precision, cl, graph in (
+                ("ganops_fp32", "fp32", True, True), ("ganops_amp_bf16", "auto", True, True),
+                ("ganops_fp32_nchw", "fp32", False, True), ("ganops_amp_bf16_nchw", "auto", False, True),
+                ("ganops_fp32_no_graph", "fp32", True, False), ("ganops_fp32_nchw_no_graph", "fp32", False, False)):
+            contenders[name] = (lambda rep, name=name, precision=precision, cl=cl, graph=graph: run_ganops(
                 prepared, tmp / f"cu-{name}-{b}-{rep}", steps, b, 0, device=device, precision=precision,
-                channels_last=cl))
+                channels_last=cl, cuda_graph=graph))
         for w in workers_list:
             contenders[f"reference_workers{w}"] = (
                 lambda rep, w=w: run_reference(images, steps, b, torch.get_num_threads(), w, device=device))

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--total-kimg", type=float, default=None, help="default: params.yaml's train.total_kimg")
     ap.add_argument("--fid-samples", type=_int_list, default=[2000, 10000])
     ap.add_argument("--agreement-samples", type=int, default=500, help="FID on GPU vs CPU with this many samples")
+    ap.add_argument("--train-only", action="store_true", help="no FID (no Inception weights needed)")
+    ap.add_argument("--graph-check", type=int, default=0, metavar="STEPS",
+                    help="also train STEPS steps with and without the CUDA-graph step and compare the results")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -83,10 +86,11 @@ def main(argv: list[str] | None = None) -> dict:
     total_kimg = args.total_kimg if args.total_kimg is not None else p.train.total_kimg
     train_cfg = p.train.model_copy(update=dict(
         device=args.device, precision=args.precision, total_kimg=total_kimg, run_dir=str(work / "train"),
-        eval_every_kimg=total_kimg / 2, eval_num_samples=500))
+        eval_every_kimg=0 if args.train_only else total_kimg / 2, eval_num_samples=500))
     eval_in_train = p.evaluate.model_copy(update=dict(device=args.device, num_samples=500,
                                                       ref_stats_dir=str(work / "train" / "ref_stats")))
-    metric_fn = make_metric_fn(eval_in_train, prepared_dir=p.prepare.out_dir, seed=p.seed)
+    metric_fn = None if args.train_only else make_metric_fn(eval_in_train, prepared_dir=p.prepare.out_dir,
+                                                            seed=p.seed)
     t = time.perf_counter()
     summary = training_loop(train_cfg, prepared_dir=p.prepare.out_dir, seed=p.seed, progress=False,
                             metric_fn=metric_fn)
@@ -95,9 +99,15 @@ def main(argv: list[str] | None = None) -> dict:
     rates = [s["images_per_s"] for s in stats if "images_per_s" in s]
     rates = rates[1:] or rates  # first window: warm-up (cuDNN autotuning)
     result["train"] = {"total_kimg": total_kimg, "steps": summary["step"], "precision": args.precision,
+                       "cuda_graph": summary["cuda_graph"],
                        "batch_size": train_cfg.batch_size, "images_per_s_median": round(statistics.median(rates), 1),
                        "in_training_fid": [s["metric/fid"] for s in stats if "metric/fid" in s],
                        "loss_G": summary["loss_G"], "loss_D": summary["loss_D"]}
+
+    if args.graph_check:
+        result["graph_check"] = graph_check(train_cfg, p, work, args.graph_check)
+    if args.train_only:
+        return _emit(result, args.out)
 
     def run_eval(device: str, n: int, tag: str) -> dict:
         cfg = p.evaluate.model_copy(update=dict(device=device, num_samples=n, out=str(work / f"eval-{tag}.json"),
@@ -117,10 +127,49 @@ def main(argv: list[str] | None = None) -> dict:
     result["fid_agreement"] = {"num_samples": n, args.device: a["fid"], "cpu": b["fid"],
                                "abs_diff": abs(a["fid"] - b["fid"]), "wall_s": {args.device: a["wall_s"],
                                                                                 "cpu": b["wall_s"]}}
+    return _emit(result, args.out)
+
+
+def graph_check(train_cfg, p, work: Path, steps: int) -> dict:
+    """Train ``steps`` steps from the same seed with the CUDA-graph step and eagerly; compare losses and G_ema."""
+    from ganops.training.loop import training_loop
+    from ganops.training.snapshot import load_torch
+
+    out: dict = {"steps": steps}
+    runs = {}
+    for graph in (True, False):
+        run_dir = work / f"graph-{graph}"
+        cfg = train_cfg.model_copy(update=dict(cuda_graph=graph, run_dir=str(run_dir), eval_every_kimg=0,
+                                               total_kimg=steps * train_cfg.batch_size / 1000))
+        t = time.perf_counter()
+        summary = training_loop(cfg, prepared_dir=p.prepare.out_dir, seed=p.seed, progress=False)
+        stats = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
+        runs[graph] = {"stats": [s for s in stats if "loss_G" in s],
+                       "G_ema": load_torch(run_dir / "network-snapshot.pt")["G_ema"]}
+        rates = [s["images_per_s"] for s in stats if "images_per_s" in s]
+        out[f"graph_{graph}"] = {"cuda_graph_used": summary["cuda_graph"], "wall_s": round(time.perf_counter() - t, 2),
+                                 "images_per_s_median": round(statistics.median(rates[1:] or rates), 1)}
+    a, b = runs[True], runs[False]
+    out["max_abs_loss_diff"] = max(abs(x[k] - y[k]) for x, y in zip(a["stats"], b["stats"], strict=True)
+                                   for k in ("loss_G", "loss_D"))
+    out["max_abs_G_ema_diff"] = max(float((a["G_ema"][k].float() - b["G_ema"][k].float()).abs().max())
+                                    for k in a["G_ema"] if a["G_ema"][k].is_floating_point())
+    out["final_losses"] = {"graph": {k: a["stats"][-1][k] for k in ("loss_G", "loss_D")},
+                           "eager": {k: b["stats"][-1][k] for k in ("loss_G", "loss_D")}}
+    for name, update in (("conditional", dict(conditional=True)), ("spectral_norm_hinge",
+                                                                   dict(spectral_norm=True, loss="hinge"))):
+        cfg = train_cfg.model_copy(update=dict(run_dir=str(work / f"graph-{name}"), eval_every_kimg=0,
+                                               total_kimg=steps * train_cfg.batch_size / 1000, **update))
+        summary = training_loop(cfg, prepared_dir=p.prepare.out_dir, seed=p.seed, progress=False)
+        out[name] = {"cuda_graph_used": summary["cuda_graph"], "loss_G": summary["loss_G"]}
+    return out
+
+
+def _emit(result: dict, out: str | None) -> dict:
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if out:
+        Path(out).write_text(text + "\n")
     return result
 
 

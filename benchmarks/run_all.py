@@ -11,6 +11,9 @@ that fails is recorded with its error and the others still run.
 
     .venv/bin/python benchmarks/run_all.py            # or: make bench
     .venv/bin/python benchmarks/run_all.py --only train_reference,metrics
+    python benchmarks/run_all.py --gpu                # on a CUDA machine: gpu_results.json (~5 min on an H200)
+
+results.md also lists the figures of the last GPU run on record (gpu_results.json), with its date and device.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ HERE = Path(__file__).resolve().parent
 PY = sys.executable
 FID_NS = (1000, 5000, 10000)
 QUALITY_RESULTS = HERE / "quality_results.json"
+GPU_RESULTS = HERE / "gpu_results.json"  # written by --gpu on a machine with a CUDA GPU
+GPU_SUITE: dict[str, tuple[list[str], int]] = {
+    "train_cuda": ([str(HERE / "bench_train.py"), "--cuda", "--repeats", "3"], 900),
+    "pipeline": ([str(HERE / "gpu_check.py"), "--graph-check", "200"], 900),
+}
 
 # name -> (argv, timeout seconds). Quick settings: see each script's --help for the full ones.
 SUITE: dict[str, tuple[list[str], int]] = {
@@ -152,7 +160,43 @@ def targets(res: dict) -> list[dict]:
         {"what": f"same, peak RSS ratio N={mem_ns[-1] if mem_ns else '?'} / N={mem_ns[0] if mem_ns else '?'}",
          "value": mem_flat, "target": "<= 1.1 (flat in N)", "ok": _le(mem_flat, 1.1)},
     ]
-    return rows
+    return rows + gpu_targets()
+
+
+def gpu_targets(path: Path | None = None) -> list[dict]:
+    """The GPU figures of ``GPU_RESULTS`` against their targets ([] when no GPU run is on record)."""
+    path = GPU_RESULTS if path is None else path
+    if not path.is_file():
+        return []
+    g = json.loads(path.read_text())
+    where = f"{g.get('device', 'GPU')}, {g.get('date')}"
+    rows64 = [r for r in _get(g, "train_cuda", "rows") or [] if r["batch_size"] == 64]
+    r64 = rows64[0] if rows64 else {}
+    agree = _get(g, "pipeline", "fid_agreement") or {}
+    return [
+        {"what": f"CUDA training speedup vs the pytorch/examples-style loop, batch 64, fp32 ({where})",
+         "value": r64.get("speedup_ganops_fp32"), "target": ">= 1.5", "ok": _ge(r64.get("speedup_ganops_fp32"), 1.5)},
+        {"what": "same, AMP (bf16 autocast)", "value": r64.get("speedup_ganops_amp_bf16"), "target": ">= 1.5",
+         "ok": _ge(r64.get("speedup_ganops_amp_bf16"), 1.5)},
+        {"what": f"FID evaluated on the GPU - on the CPU, same snapshot ({agree.get('num_samples')} samples)",
+         "value": agree.get("abs_diff"), "target": "<= 0.01", "ok": _le(agree.get("abs_diff"), 0.01)},
+    ]
+
+
+def run_gpu_suite() -> None:
+    """``--gpu``: the CUDA benchmarks (bench_train --cuda, gpu_check.py) into ``GPU_RESULTS``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("--gpu needs a CUDA GPU (torch.cuda.is_available() is False)")
+    res: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                 "device": torch.cuda.get_device_name(), "machine": machine()}
+    for name, (argv, timeout_s) in GPU_SUITE.items():
+        print(f"[run_all --gpu] {name} ...", file=sys.stderr, flush=True)
+        out = run_section(argv, timeout_s)
+        res[name] = out.get("cuda", out) if name == "train_cuda" else out
+        _write(GPU_RESULTS, json.dumps(res, indent=2) + "\n")
+    print(json.dumps(gpu_targets(), indent=2))
 
 
 def _ge(v, t):
@@ -194,6 +238,14 @@ def markdown(res: dict) -> str:
                   "| run | N | evaluate s | load |", "|---|---|---|---|"]
         lines += [f"| {m['name']} | {m['n']} | {m['evaluate_wall_s']} | {m['load_avg_at_start']} |"
                   for m in fid["measured"]]
+    gpu = json.loads(GPU_RESULTS.read_text()) if GPU_RESULTS.is_file() else {}
+    gpu_rows = _get(gpu, "train_cuda", "rows")
+    if gpu_rows:
+        names = [k for k in gpu_rows[0] if k.startswith(("ganops", "reference"))]
+        lines += ["", f"## CUDA training, images/s (median step; {gpu.get('device')}, {gpu.get('date')}, "
+                      f"{GPU_RESULTS.name})", "", "| batch | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]
+        lines += [f"| {r['batch_size']} | " + " | ".join(str(r[k]) for k in names) + " |" for r in gpu_rows]
     imports = _get(res, "orchestration", "imports")
     if imports:
         lines += ["", "## Import / start-up seconds (-X importtime cumulative; interpreter wall)", "",
@@ -242,7 +294,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help=f"comma list of sections (default all): {', '.join(SUITE)}")
     ap.add_argument("--out-dir", default=str(HERE))
+    ap.add_argument("--gpu", action="store_true", help=f"run the CUDA benchmarks instead, into {GPU_RESULTS.name}")
     args = ap.parse_args()
+    if args.gpu:
+        run_gpu_suite()
+        return
     wanted = [s.strip() for s in args.only.split(",") if s.strip()]
     if args.only and not wanted:  # `--only ,` used to run the whole ~30-minute suite
         ap.error(f"--only {args.only!r} names no section; valid: {', '.join(SUITE)}")

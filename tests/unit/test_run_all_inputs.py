@@ -70,3 +70,24 @@ def test_missing_out_dir_is_created_and_results_written_whole(run_all, tmp_path,
     res = json.loads((out / "results.json").read_text())
     assert res["orchestration"] == {"wall_s": 0.0} and "targets" in res
     assert (out / "results.md").is_file() and not list(out.glob(".*.tmp"))
+
+
+def test_gpu_figures_join_the_targets_only_when_a_gpu_run_is_on_record(run_all, tmp_path):
+    missing = tmp_path / "gpu_results.json"
+    assert run_all.gpu_targets(missing) == []
+    missing.write_text(json.dumps({"device": "GPU X", "date": "d", "train_cuda": {"rows": [
+        {"batch_size": 256, "speedup_ganops_fp32": 9.0},
+        {"batch_size": 64, "speedup_ganops_fp32": 1.2, "speedup_ganops_amp_bf16": 2.0}]},
+        "pipeline": {"fid_agreement": {"num_samples": 500, "abs_diff": 0.02}}}))
+    rows = run_all.gpu_targets(missing)
+    assert [(r["value"], r["ok"]) for r in rows] == [(1.2, False), (2.0, True), (0.02, False)]  # batch 64's row
+    assert "GPU X, d" in rows[0]["what"]
+
+
+def test_gpu_suite_refuses_a_machine_without_cuda(run_all, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--gpu needs a CUDA GPU"):
+        _main(run_all, monkeypatch, "--gpu")
+    assert run_all.ran == []
