@@ -326,6 +326,8 @@ def main() -> None:
         ap.error(f"--budget-min must be > 0 minutes, got {args.budget_min}")
     if not (args.variants or args.reference or args.scaling or args.quality or args.cuda):
         ap.error("choose at least one section: --variants, --reference, --scaling, --quality, --cuda")
+    if args.cuda and not torch.cuda.is_available():  # before the other sections: their figures would be lost
+        raise SystemExit("bench_train --cuda: no CUDA device is available (torch.cuda.is_available() is False)")
 
     result: dict = {"model": "dcgan 28x28x1 z_dim=100 ngf=ndf=64 (one D + one G step per step)", **machine()}
     with tempfile.TemporaryDirectory() as tmp_str:

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import machine  # noqa: E402
 
-from ganops.config import load_params  # noqa: E402
+from ganops.config import ConfigError, load_params  # noqa: E402
 
 
 def _int_list(text: str) -> list[int]:
@@ -47,6 +47,31 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
+def _positive_kimg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value != float("inf")):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be > 0 and finite (thousands of images), got {text}")
+    return value
+
+
+WORK_MARKER = ".gpu_check"  # --work is deleted on every run only when this script made it
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -54,11 +79,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of this script")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                     help="training precision (auto = AMP: bf16 autocast where supported)")
-    ap.add_argument("--total-kimg", type=float, default=None, help="default: params.yaml's train.total_kimg")
+    ap.add_argument("--total-kimg", type=_positive_kimg, default=None, help="default: params.yaml's train.total_kimg")
     ap.add_argument("--fid-samples", type=_int_list, default=[2000, 10000])
-    ap.add_argument("--agreement-samples", type=int, default=500, help="FID on GPU vs CPU with this many samples")
+    ap.add_argument("--agreement-samples", type=_int_at_least(2), default=500,
+                    help="FID on GPU vs CPU with this many samples")
     ap.add_argument("--train-only", action="store_true", help="no FID (no Inception weights needed)")
-    ap.add_argument("--graph-check", type=int, default=0, metavar="STEPS",
+    ap.add_argument("--graph-check", type=_int_at_least(0), default=0, metavar="STEPS",
                     help="also train STEPS steps with and without the CUDA-graph step and compare the results")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -69,10 +95,18 @@ def main(argv: list[str] | None = None) -> dict:
     from ganops.evaluate import evaluate, make_metric_fn
     from ganops.training.loop import training_loop
 
-    p = load_params(args.params)
+    try:
+        p = load_params(args.params)
+    except ConfigError as err:
+        raise SystemExit(f"gpu_check: {err}") from None
     work = Path(args.work)
     if work.exists():  # a fresh run each time: an old run dir would be resumed, not timed
+        if any(work.iterdir()) and not (work / WORK_MARKER).is_file():
+            raise SystemExit(f"gpu_check: --work {work.resolve()} is not empty and was not written by gpu_check; "
+                             "it would be deleted: pass another --work directory")
         shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (work / WORK_MARKER).write_text("made by benchmarks/gpu_check.py; deleted and rewritten on every run\n")
     result: dict = {"params": args.params, **machine(),
                     "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None, "stages_s": {}}
     t = time.perf_counter()

@@ -89,8 +89,15 @@ def fid_kid(fake: FeatureStats, real: ref_stats.RefStats, cfg: EvaluateConfig, s
 def make_metric_fn(cfg: EvaluateConfig, *, prepared_dir: str | Path, seed: int) -> Callable[[torch.nn.Module], dict]:
     """A ``G_ema -> {"fid", "kid_mean", "kid_std", ...}`` callable for ``training_loop(metric_fn=...)``.
 
-    The extractor and the reference statistics are loaded once, on first call.
+    The extractor and the reference statistics are loaded once, on first call; ``cfg.device`` is checked now.
+
+    Raises:
+        ConfigError: evaluate.device is ``cuda`` but no CUDA device is available (here, not at the first
+            evaluation after minutes of training).
     """
+    from ganops.training.loop import resolve_device
+
+    resolve_device(cfg.device, "evaluate.device")
     state: dict = {}
 
     def metric_fn(G: torch.nn.Module) -> dict:
