@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     a, b = run_eval(args.device, n, f"agree-{args.device}"), run_eval("cpu", n, "agree-cpu")
     result["fid_agreement"] = {"num_samples": n, args.device: a["fid"], "cpu": b["fid"],
                                "abs_diff": abs(a["fid"] - b["fid"]), "wall_s": {args.device: a["wall_s"],
-                                                                                "cpu": b["wall_s"]}}
+                                                                                "cpu": b["wall_s"]},
+                               "uint8_pixels_differing": _pixels_differing(work / "train", n, args.device, p.seed)}
     return _emit(result, args.out)
 
 
@@ -197,6 +199,25 @@ def graph_check(train_cfg, p, work: Path, steps: int) -> dict:
         summary = training_loop(cfg, prepared_dir=p.prepare.out_dir, seed=p.seed, progress=False)
         out[name] = {"cuda_graph_used": summary["cuda_graph"], "loss_G": summary["loss_G"]}
     return out
+
+
+def _pixels_differing(run_dir: Path, n: int, device: str, seed: int) -> dict:
+    """How many uint8 pixels of ``n`` evaluation samples differ between G on ``device`` and on the CPU (as
+    ``evaluate`` makes them: same latents, quantized the NVIDIA way)."""
+    from ganops.metrics.inception import no_tf32
+    from ganops.metrics.preprocess import quantize_to_uint8
+    from ganops.training.sampling import iter_samples
+    from ganops.training.snapshot import load_generator
+
+    images = {}
+    for dev in (device, "cpu"):
+        G = load_generator(run_dir / "network-snapshot.pt")[0].to(dev)
+        with torch.no_grad(), no_tf32(dev):
+            images[dev] = np.concatenate([quantize_to_uint8(x).cpu().numpy()
+                                           for x in iter_samples(G, n, seed=seed, device=dev)])
+    diff = images[device] != images["cpu"]
+    return {"count": int(diff.sum()), "of": int(diff.size), "max_levels": int(np.abs(
+        images[device].astype(np.int16) - images["cpu"].astype(np.int16)).max())}
 
 
 def _emit(result: dict, out: str | None) -> dict:

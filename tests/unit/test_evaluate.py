@@ -230,3 +230,21 @@ def test_evaluate_refuses_snapshot_of_other_image_size(run_and_data, tmp_path, k
     with pytest.raises(ValueError, match=f"{key} .* vs {value}"):
         evaluate(cfg, run_dir=run_dir, prepared_dir=prepared, seed=0)
     assert not out.exists()
+
+
+def test_no_tf32_turns_tf32_off_on_cuda_only_and_restores_the_flags():
+    from ganops.metrics.inception import no_tf32
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with no_tf32("cpu"):
+            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with no_tf32("cuda"):  # the flags are plain process settings: settable without a GPU
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with pytest.raises(KeyError), no_tf32(torch.device("cuda")):
+            raise KeyError("restored on errors too")
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

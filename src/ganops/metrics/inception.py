@@ -68,18 +68,19 @@ def resolve_weights_path(path: str | os.PathLike | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def _no_tf32(device: torch.device) -> Iterator[None]:
-    """fp32 convolutions in full fp32 on CUDA: cuDNN's default TF32 (10-bit mantissa) would move FID away from the
-    reference implementations' values. A no-op on CPU."""
-    if device.type != "cuda":
+def no_tf32(device: torch.device | str) -> Iterator[None]:
+    """fp32 convolutions and matrix products in full fp32 on CUDA while inside (process-wide flags, restored on
+    exit). cuDNN's default TF32 (10-bit mantissa) would move generated pixels across uint8 levels and Inception
+    features away from the CPU's and the reference implementations' values. A no-op on CPU."""
+    if torch.device(device).type != "cuda":
         yield
         return
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32 = previous
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 class FeatureExtractor:
@@ -121,12 +122,12 @@ class FeatureExtractor:
         """float32 (N, 3, 299, 299) in [-1, 1] -> float32 (N, 2048)."""
         x = x.to(self.device)
         if self.backend == "torchscript":
-            with _no_tf32(self.device):
+            with no_tf32(self.device):
                 if self._nvidia_full:
                     return self._net(x * 128 + 128, return_features=True)  # NVIDIA's net scales 0..255 itself
                 return self._net(x)
         x = x.contiguous(memory_format=torch.channels_last)
-        with _no_tf32(self.device), torch.autocast(self.device.type, dtype=torch.bfloat16,
+        with no_tf32(self.device), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                    enabled=self.precision == "bf16"):
             return self._net(x).float()
 
