@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps({"evaluate": result["evaluate"][-1]}), file=sys.stderr, flush=True)
     result["stages_s"]["evaluate"] = result["evaluate"][0]["wall_s"]
     n = args.agreement_samples
+    if args.device == "cpu":  # a dry run: there is no second device to agree with
+        return _emit(result, args.out)
     a, b = run_eval(args.device, n, f"agree-{args.device}"), run_eval("cpu", n, "agree-cpu")
     result["fid_agreement"] = {"num_samples": n, args.device: a["fid"], "cpu": b["fid"],
                                "abs_diff": abs(a["fid"] - b["fid"]), "wall_s": {args.device: a["wall_s"],
@@ -204,7 +206,7 @@ def graph_check(train_cfg, p, work: Path, steps: int) -> dict:
 def _pixels_differing(run_dir: Path, n: int, device: str, seed: int) -> dict:
     """How many uint8 pixels of ``n`` evaluation samples differ between G on ``device`` and on the CPU (as
     ``evaluate`` makes them: same latents, quantized the NVIDIA way)."""
-    from ganops.metrics.inception import no_tf32
+    from ganops.metrics.inception import exact_fp32
     from ganops.metrics.preprocess import quantize_to_uint8
     from ganops.training.sampling import iter_samples
     from ganops.training.snapshot import load_generator
@@ -212,7 +214,7 @@ def _pixels_differing(run_dir: Path, n: int, device: str, seed: int) -> dict:
     images = {}
     for dev in (device, "cpu"):
         G = load_generator(run_dir / "network-snapshot.pt")[0].to(dev)
-        with torch.no_grad(), no_tf32(dev):
+        with torch.no_grad(), exact_fp32(dev):
             images[dev] = np.concatenate([quantize_to_uint8(x).cpu().numpy()
                                            for x in iter_samples(G, n, seed=seed, device=dev)])
     diff = images[device] != images["cpu"]

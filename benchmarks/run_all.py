@@ -195,7 +195,12 @@ def run_gpu_suite() -> None:
         print(f"[run_all --gpu] {name} ...", file=sys.stderr, flush=True)
         out = run_section(argv, timeout_s)
         res[name] = out.get("cuda", out) if name == "train_cuda" else out
-        _write(GPU_RESULTS, json.dumps(res, indent=2) + "\n")
+    failed = [name for name in GPU_SUITE if "error" in res[name]]
+    if failed:  # the GPU record on file stays: a failed run must not replace it
+        partial = GPU_RESULTS.with_name(GPU_RESULTS.stem + ".failed.json")
+        _write(partial, json.dumps(res, indent=2) + "\n")
+        sys.exit(f"--gpu: section(s) {failed} failed (errors in {partial}); {GPU_RESULTS.name} left as it was")
+    _write(GPU_RESULTS, json.dumps(res, indent=2) + "\n")
     print(json.dumps(gpu_targets(), indent=2))
 
 

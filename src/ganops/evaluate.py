@@ -22,7 +22,7 @@ from ganops.config import EvaluateConfig
 from ganops.io import sha256_file, write_json
 from ganops.metrics import defaults, ref_stats
 from ganops.metrics.fid import FeatureStats, frechet_distance
-from ganops.metrics.inception import FeatureExtractor, load_feature_extractor, no_tf32
+from ganops.metrics.inception import FeatureExtractor, load_feature_extractor, exact_fp32
 from ganops.metrics.kid import kernel_inception_distance
 from ganops.metrics.preprocess import quantize_to_uint8
 from ganops.tracking import Logger, NullLogger
@@ -74,7 +74,7 @@ def generated_stats(G: torch.nn.Module, extractor: FeatureExtractor, cfg: Evalua
 
     stats = FeatureStats(max_kept=min(cfg.num_samples, defaults.MAX_KEPT_FEATURES))
     device = next(G.parameters()).device  # latents go where G is (the training device for in-training FID)
-    with no_tf32(device):  # samples as the CPU makes them: TF32 would move pixels across uint8 levels
+    with exact_fp32(device):  # samples as the CPU makes them (no TF32: it moves pixels across uint8 levels)
         for batch in iter_samples(G, cfg.num_samples, seed=seed, batch_size=cfg.batch_size, device=device):
             stats.append(extractor.features(quantize_to_uint8(batch), cfg.protocol, cfg.batch_size))
     return stats

@@ -232,19 +232,24 @@ def test_evaluate_refuses_snapshot_of_other_image_size(run_and_data, tmp_path, k
     assert not out.exists()
 
 
-def test_no_tf32_turns_tf32_off_on_cuda_only_and_restores_the_flags():
-    from ganops.metrics.inception import no_tf32
+def test_exact_fp32_sets_cuda_flags_on_cuda_only_and_restores_them():
+    from ganops.metrics.inception import exact_fp32
 
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    flags = ((torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32"),
+             (torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "deterministic"))
+    saved = [getattr(m, n) for m, n in flags]
+    loose = (True, True, True, False)  # what a training process may have set
     try:
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-        with no_tf32("cpu"):
-            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
-        with no_tf32("cuda"):  # the flags are plain process settings: settable without a GPU
-            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
-        with pytest.raises(KeyError), no_tf32(torch.device("cuda")):
+        for (m, n), v in zip(flags, loose):
+            setattr(m, n, v)
+        with exact_fp32("cpu"):
+            assert tuple(getattr(m, n) for m, n in flags) == loose
+        with exact_fp32("cuda"):  # the flags are plain process settings: settable without a GPU
+            assert tuple(getattr(m, n) for m, n in flags) == (False, False, False, True)
+        assert tuple(getattr(m, n) for m, n in flags) == loose
+        with pytest.raises(KeyError), exact_fp32(torch.device("cuda")):
             raise KeyError("restored on errors too")
-        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        assert tuple(getattr(m, n) for m, n in flags) == loose
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        for (m, n), v in zip(flags, saved):
+            setattr(m, n, v)

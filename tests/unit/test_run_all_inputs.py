@@ -91,3 +91,19 @@ def test_gpu_suite_refuses_a_machine_without_cuda(run_all, monkeypatch):
     with pytest.raises(SystemExit, match="--gpu needs a CUDA GPU"):
         _main(run_all, monkeypatch, "--gpu")
     assert run_all.ran == []
+
+
+def test_a_failed_gpu_section_leaves_the_gpu_record_on_file(run_all, tmp_path, monkeypatch):
+    import torch
+
+    record = tmp_path / "gpu_results.json"
+    record.write_text('{"device": "old"}')
+    monkeypatch.setattr(run_all, "GPU_RESULTS", record)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "GPU X")
+    monkeypatch.setattr(run_all, "run_section", lambda argv, timeout_s: (
+        {"error": "exit code 1", "wall_s": 1.0} if "gpu_check.py" in argv[0] else {"cuda": {"rows": []}}))
+    with pytest.raises(SystemExit, match=r"section\(s\) \['pipeline'\] failed .*gpu_results.json left as it was"):
+        _main(run_all, monkeypatch, "--gpu")
+    assert record.read_text() == '{"device": "old"}'
+    assert json.loads((tmp_path / "gpu_results.failed.json").read_text())["pipeline"]["error"] == "exit code 1"

@@ -167,6 +167,10 @@ def _truncate_stats(path: Path, keep_through_step: int) -> None:
 
 GRAPH_WARMUP_STEPS = 3  # eager steps before the CUDA graph capture
 
+
+class CudaGraphCaptureError(RuntimeError):
+    """The training step could not be captured as a CUDA graph (``train.cuda_graph=false`` trains eagerly)."""
+
 # Options a run may resume with when they change (train.on_config_change=restart restarts on any other change):
 # its length, logging / sampling / checkpoint / evaluation intervals, where and how fast it runs, and the policy.
 RESUMABLE_OPTIONS = frozenset({
@@ -224,6 +228,8 @@ def training_loop(
             ``cfg.on_config_change`` is ``refuse`` (with ``restart`` that run's outputs are deleted and training
             starts from scratch).
         TrainingDivergedError: a loss is NaN/inf or a gradient norm exceeds ``grad_norm_limit``.
+        CudaGraphCaptureError: on CUDA with ``cuda_graph``, the step could not be captured (nothing of the failed
+            step is applied or written; rerun with ``cuda_graph=false``).
         ganops.data.errors.DataError: the prepared directory is missing or malformed.
     """
     t_start = time.time()
@@ -258,6 +264,7 @@ def training_loop(
     # step is captured once and replayed: one launch per step instead of a few hundred, which is what bounds a
     # small GAN on a GPU. Not for steps whose work varies (lazy R1, augmentation, GP) or needs the host (fp16
     # scaler, DDP). Replays run the captured kernels on the same tensors: the same arithmetic as eager steps.
+    # A failed capture stops the run with CudaGraphCaptureError (cuda_graph=false then trains eagerly).
     use_graph = (device.type == "cuda" and cfg.cuda_graph and dist_info.world_size == 1 and not use_gp
                  and cfg.r1_gamma == 0 and not augment_policy and not use_scaler)
 
@@ -509,7 +516,7 @@ def training_loop(
     eager_steps = 0
 
     def run_step(idx: torch.Tensor) -> tuple[list[str], torch.Tensor]:
-        nonlocal graph, use_graph, eager_steps
+        nonlocal graph, eager_steps
         if graph is not None:
             graph_io["idx"].copy_(idx)
             graph.replay()
@@ -521,15 +528,18 @@ def training_loop(
             try:
                 with torch.cuda.graph(candidate):
                     graph_io["names"], graph_io["stats"] = train_step(graph_io["idx"], False)
-            except RuntimeError as err:  # capture records but does not run kernels: the step is redone eagerly
-                log.warning("CUDA graph capture of the training step failed (%s); training eagerly",
-                            str(err).splitlines()[0][:300])
-                use_graph = False
-                graph_io.clear()
-            else:
-                graph = candidate
-                graph.replay()  # capturing ran nothing: this is the step's real execution
-                return graph_io["names"], graph_io["stats"]
+            except RuntimeError as err:
+                # No eager fallback: a failed capture can leave the CUDA RNG, allocator and current stream in states
+                # that later steps trip over. Capturing runs no kernel, so this step never happened; the run dir
+                # holds the last checkpoint.
+                raise CudaGraphCaptureError(
+                    f"CUDA graph capture of the training step failed at step {step} "
+                    f"({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}); set "
+                    "train.cuda_graph=false and run again (training resumes from the last checkpoint, eagerly)"
+                ) from err
+            graph = candidate
+            graph.replay()  # capturing ran nothing: this is the step's real execution
+            return graph_io["names"], graph_io["stats"]
         eager_steps += 1
         with_r1 = cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
         if warm_stream is None:
@@ -616,4 +626,5 @@ def training_loop(
     return summary_out
 
 
-__all__ = ["ResumeMismatchError", "TrainingDivergedError", "resolve_device", "resolve_precision", "training_loop"]
+__all__ = ["CudaGraphCaptureError", "ResumeMismatchError", "TrainingDivergedError", "resolve_device",
+           "resolve_precision", "training_loop"]
