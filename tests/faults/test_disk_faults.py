@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from typer.testing import CliRunner
@@ -242,6 +243,7 @@ class _CheapExtractor:
 
     weights_sha256 = "c" * 64
     has_classifier = False
+    device = torch.device("cpu")  # evaluate samples G where the extractor runs
 
     def features(self, images, protocol="legacy_tensorflow", batch_size=64):
         import torch

@@ -99,6 +99,7 @@ class FeatureExtractor:
 
     Attributes:
         weights_path, weights_sha256: the weights file and its SHA-256 (record it with every result).
+        device: the ``torch.device`` the network runs on (``evaluate`` samples G there too).
         has_classifier: True for NVIDIA's full network (Inception Score available).
         precision: "fp32" or "bf16" (bf16 autocast; changes features by ~1e-2 relative, see benchmarks).
         backend: "eager" (fast re-implementation) or "torchscript" (the file's own module).
