@@ -144,7 +144,8 @@ class EvaluateConfig(_Strict):
     inception_path: str | None = Field(None, description="NVIDIA inception-2015-12-05.pt; None = auto")
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="sampling + Inception; auto = CUDA when available (fp32 without TF32), else CPU")
+        "auto", description="sampling + Inception; auto = CUDA when available (full fp32, deterministic cuDNN), "
+        "else CPU")
     ref_stats_dir: str = "cache/ref_stats"
     out: str = "metrics/eval.json"
 

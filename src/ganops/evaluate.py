@@ -22,7 +22,7 @@ from ganops.config import EvaluateConfig
 from ganops.io import sha256_file, write_json
 from ganops.metrics import defaults, ref_stats
 from ganops.metrics.fid import FeatureStats, frechet_distance
-from ganops.metrics.inception import FeatureExtractor, load_feature_extractor, exact_fp32
+from ganops.metrics.inception import FeatureExtractor, exact_fp32, load_feature_extractor
 from ganops.metrics.kid import kernel_inception_distance
 from ganops.metrics.preprocess import quantize_to_uint8
 from ganops.tracking import Logger, NullLogger
