@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from argtypes import int_at_least, int_list  # noqa: E402
 from machine_info import machine  # noqa: E402
 from reference_dcgan import reference_train  # noqa: E402
 
@@ -261,34 +262,9 @@ def bench_quality(tmp: Path, steps: int, samples: int, threads: int, seeds: list
             "total_wall_s": round(time.perf_counter() - t, 1)}
 
 
-def _int_at_least(lo: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
-        return value
-    parse.__name__ = f"integer >= {lo}"
-    return parse
-
-
-def _int_list(lo: int):
-    one = _int_at_least(lo)
-
-    def parse(text: str) -> list[int]:
-        items = [v.strip() for v in text.split(",") if v.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma list of integers >= {lo}, e.g. 32,64")
-        return [one(v) for v in items]
-    parse.__name__ = f"comma list of integers >= {lo}"
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every number and list is checked here, before any section spends minutes running."""
-    pos, nonneg = _int_at_least(1), _int_at_least(0)
+    pos, nonneg = int_at_least(1), int_at_least(0)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=pos, default=2, help="torch threads for variants/reference/quality")
     ap.add_argument("--variants", action="store_true")
@@ -298,23 +274,23 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=pos, default=2, help="interleaved repeats (variants, reference)")
     ap.add_argument("--budget-min", type=float, default=8.0, help="variants: budget for the total_kimg suggestion")
     ap.add_argument("--reference", action="store_true")
-    ap.add_argument("--reference-steps", type=_int_at_least(3), default=20,
+    ap.add_argument("--reference-steps", type=int_at_least(3), default=20,
                     help="the first 2 steps of each run are warm-up, so at least 3")
     ap.add_argument("--reference-workers", type=nonneg, default=0, help="DataLoader workers of the reference")
     ap.add_argument("--scaling", action="store_true")
-    ap.add_argument("--scaling-batches", type=_int_list(1), default=[32, 64, 128, 256, 512])
-    ap.add_argument("--scaling-threads", type=_int_list(1), default=[1, 2])
-    ap.add_argument("--scaling-workers", type=_int_list(0), default=[0, 1, 2])
+    ap.add_argument("--scaling-batches", type=int_list(1), default=[32, 64, 128, 256, 512])
+    ap.add_argument("--scaling-threads", type=int_list(1), default=[1, 2])
+    ap.add_argument("--scaling-workers", type=int_list(0), default=[0, 1, 2])
     ap.add_argument("--scaling-steps", type=pos, default=4)
     ap.add_argument("--cuda", action="store_true", help="ganops fp32 / AMP vs the reference on a CUDA GPU")
-    ap.add_argument("--cuda-batches", type=_int_list(1), default=[64, 256, 1024])
-    ap.add_argument("--cuda-steps", type=_int_at_least(3), default=60)
-    ap.add_argument("--cuda-workers", type=_int_list(0), default=[0, 2],
+    ap.add_argument("--cuda-batches", type=int_list(1), default=[64, 256, 1024])
+    ap.add_argument("--cuda-steps", type=int_at_least(3), default=60)
+    ap.add_argument("--cuda-workers", type=int_list(0), default=[0, 2],
                     help="reference DataLoader workers (the example's default is 2)")
     ap.add_argument("--quality", action="store_true")
     ap.add_argument("--quality-steps", type=pos, default=300)
-    ap.add_argument("--quality-samples", type=_int_at_least(2), default=500, help="images per side of the FID")
-    ap.add_argument("--quality-seeds", type=_int_list(0), default=[0, 1, 2],
+    ap.add_argument("--quality-samples", type=int_at_least(2), default=500, help="images per side of the FID")
+    ap.add_argument("--quality-seeds", type=int_list(0), default=[0, 1, 2],
                     help="training seeds (>= 2 give the spread the FID difference is judged by)")
     return ap
 

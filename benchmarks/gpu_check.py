@@ -33,31 +33,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from argtypes import int_at_least, int_list  # noqa: E402
 from machine_info import machine  # noqa: E402
 
 from ganops.config import ConfigError, load_params  # noqa: E402
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma list of integers, e.g. 2000,10000") from None
-    if not values or min(values) < 2:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected integers >= 2")
-    return values
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-    return parse
 
 
 def _positive_kimg(text: str) -> float:
@@ -81,11 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                     help="training precision (auto = AMP: bf16 autocast where supported)")
     ap.add_argument("--total-kimg", type=_positive_kimg, default=None, help="default: params.yaml's train.total_kimg")
-    ap.add_argument("--fid-samples", type=_int_list, default=[2000, 10000])
-    ap.add_argument("--agreement-samples", type=_int_at_least(2), default=500,
+    ap.add_argument("--fid-samples", type=int_list(2), default=[2000, 10000])
+    ap.add_argument("--agreement-samples", type=int_at_least(2), default=500,
                     help="FID on GPU vs CPU with this many samples")
     ap.add_argument("--train-only", action="store_true", help="no FID (no Inception weights needed)")
-    ap.add_argument("--graph-check", type=_int_at_least(0), default=0, metavar="STEPS",
+    ap.add_argument("--graph-check", type=int_at_least(0), default=0, metavar="STEPS",
                     help="also train STEPS steps with and without the CUDA-graph step and compare the results")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
@@ -130,12 +109,10 @@ def main(argv: list[str] | None = None) -> dict:
     summary = training_loop(train_cfg, prepared_dir=p.prepare.out_dir, seed=p.seed, progress=False,
                             metric_fn=metric_fn)
     result["stages_s"]["train"] = round(time.perf_counter() - t, 2)
-    stats = [json.loads(x) for x in (work / "train" / "stats.jsonl").read_text().splitlines()]
-    rates = [s["images_per_s"] for s in stats if "images_per_s" in s]
-    rates = rates[1:] or rates  # first window: warm-up (cuDNN autotuning)
+    stats, rate = _stats_and_rate(work / "train")
     result["train"] = {"total_kimg": total_kimg, "steps": summary["step"], "precision": args.precision,
                        "cuda_graph": summary["cuda_graph"],
-                       "batch_size": train_cfg.batch_size, "images_per_s_median": round(statistics.median(rates), 1),
+                       "batch_size": train_cfg.batch_size, "images_per_s_median": rate,
                        "in_training_fid": [s["metric/fid"] for s in stats if "metric/fid" in s],
                        "loss_G": summary["loss_G"], "loss_D": summary["loss_D"]}
 
@@ -168,6 +145,14 @@ def main(argv: list[str] | None = None) -> dict:
     return _emit(result, args.out)
 
 
+def _stats_and_rate(run_dir: Path) -> tuple[list[dict], float]:
+    """A run's stats.jsonl lines and the median images/s of its timing windows, the first (warm-up: cuDNN
+    autotuning, graph capture) left out when there are others."""
+    stats = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
+    rates = [s["images_per_s"] for s in stats if "images_per_s" in s]
+    return stats, round(statistics.median(rates[1:] or rates), 1)
+
+
 def graph_check(train_cfg, p, work: Path, steps: int) -> dict:
     """Train ``steps`` steps from the same seed with the CUDA-graph step and eagerly; compare losses and G_ema."""
     from ganops.training.loop import training_loop
@@ -181,12 +166,11 @@ def graph_check(train_cfg, p, work: Path, steps: int) -> dict:
                                                total_kimg=steps * train_cfg.batch_size / 1000))
         t = time.perf_counter()
         summary = training_loop(cfg, prepared_dir=p.prepare.out_dir, seed=p.seed, progress=False)
-        stats = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
+        stats, rate = _stats_and_rate(run_dir)
         runs[graph] = {"stats": [s for s in stats if "loss_G" in s],
                        "G_ema": load_torch(run_dir / "network-snapshot.pt")["G_ema"]}
-        rates = [s["images_per_s"] for s in stats if "images_per_s" in s]
         out[f"graph_{graph}"] = {"cuda_graph_used": summary["cuda_graph"], "wall_s": round(time.perf_counter() - t, 2),
-                                 "images_per_s_median": round(statistics.median(rates[1:] or rates), 1)}
+                                 "images_per_s_median": rate}
     a, b = runs[True], runs[False]
     out["max_abs_loss_diff"] = max(abs(x[k] - y[k]) for x, y in zip(a["stats"], b["stats"], strict=True)
                                    for k in ("loss_G", "loss_D"))
