@@ -148,7 +148,7 @@ def test_resume_refuses_architecture_change(tmp_path, prepared):
 
 
 def test_grad_norm_limit_raises_before_any_write(tmp_path, prepared):
-    with pytest.raises(TrainingDivergedError, match=r"step 0: grad_norm_D = .* exceeds grad_norm_limit"):
+    with pytest.raises(TrainingDivergedError, match=r"diverged in step 1: grad_norm_D = .* exceeds grad_norm_limit"):
         training_loop(tiny_cfg(tmp_path / "d", grad_norm_limit=1e-9), prepared_dir=prepared, seed=0, progress=False)
     assert not (tmp_path / "d" / "training-state.pt").exists()
 
@@ -167,11 +167,11 @@ def test_nan_loss_keeps_last_good_state(tmp_path, prepared, monkeypatch):
         return out * float("nan") if calls["n"] == 3 else out
 
     monkeypatch.setattr(loop_mod, "get_loss", lambda name: type(good)(good.name, good.d_loss, g_loss_nan_on_third))
-    with pytest.raises(TrainingDivergedError, match=r"step 7: loss_G is nan"):
+    with pytest.raises(TrainingDivergedError, match=r"diverged in step 8: loss_G is nan"):
         training_loop(tiny_cfg(run, total_kimg=0.2, checkpoint_every_kimg=0.008), prepared_dir=prepared, seed=0,
                       progress=False)
-    # Resumed at 5; iterations 5 and 6 completed and were checkpointed (interval = 1 step) -> state at step 7;
-    # the third iteration (step 7) produced NaN and never reached the disk.
+    # Resumed after 5 steps; steps 6 and 7 (counted from 1) finished and were checkpointed (interval = 1 step) ->
+    # state at step 7; the third step of this call (step 8) produced NaN and never reached the disk.
     assert _state(run)["step"] == 7
     assert before["train.json"] == sha256_file(run / "train.json")
     assert torch.isfinite(torch.cat([v.flatten().float() for v in _state(run)["G"].values()])).all()

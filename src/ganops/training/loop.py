@@ -136,14 +136,16 @@ def _grad_norm(module: torch.nn.Module) -> torch.Tensor:
 
 
 def _guard(name: str, value: float, step: int, limit: float | None = None) -> None:
+    """Raise TrainingDivergedError when ``value`` is NaN/inf or above ``limit``; ``step`` counts from 1, as the
+    ``step`` field of stats.jsonl does (the failing step; the one before it is the last that finished)."""
     if not math.isfinite(value):
         raise TrainingDivergedError(
-            f"training diverged at step {step}: {name} is {value}; the last good training-state.pt and snapshots "
+            f"training diverged in step {step}: {name} is {value}; the last good training-state.pt and snapshots "
             "were kept. Lower lr_g/lr_d, enable spectral_norm or r1_gamma, or use another loss, then resume."
         )
     if limit is not None and value > limit:
         raise TrainingDivergedError(
-            f"training diverged at step {step}: {name} = {value:.4g} exceeds grad_norm_limit = {limit:.4g}; the "
+            f"training diverged in step {step}: {name} = {value:.4g} exceeds grad_norm_limit = {limit:.4g}; the "
             "last good training-state.pt and snapshots were kept. Lower the learning rates or raise "
             "train.grad_norm_limit, then resume."
         )
@@ -428,7 +430,7 @@ def training_loop(
     def checkpoint() -> None:
         for name, net in (("G", G), ("D", D), ("G_ema", G_ema)):
             if not _all_finite(net):  # belt and braces: never overwrite good files with broken weights
-                raise TrainingDivergedError(f"non-finite weights in {name} at step {step}; last good state kept")
+                raise TrainingDivergedError(f"non-finite weights in {name} after step {step}; last good state kept")
             ddp.broadcast_buffers(net, dist_info)  # every rank holds rank 0's BN statistics, as saved
         if not is_main:
             return
@@ -533,7 +535,7 @@ def training_loop(
                 # that later steps trip over. Capturing runs no kernel, so this step never happened; the run dir
                 # holds the last checkpoint.
                 raise CudaGraphCaptureError(
-                    f"CUDA graph capture of the training step failed at step {step} "
+                    f"CUDA graph capture of the training step failed in step {step + 1} "
                     f"({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}); set "
                     "train.cuda_graph=false and run again (training resumes from the last checkpoint, eagerly)"
                 ) from err
@@ -557,12 +559,12 @@ def training_loop(
         values = dict(zip(names, stats_t.tolist(), strict=True))  # the step's one host synchronisation
         # Divergence guard, in step order. A bad step has already updated G and D in memory, but nothing of it
         # reaches the disk: the run stops here, before any checkpoint.
-        _guard("loss_D", values["loss_D"], step)
+        _guard("loss_D", values["loss_D"], step + 1)
         if not (use_scaler and not math.isfinite(values["grad_norm_D"])):  # fp16 overflow: the scaler skipped it
-            _guard("grad_norm_D", values["grad_norm_D"], step, cfg.grad_norm_limit)
-        _guard("loss_G", values["loss_G"], step)
+            _guard("grad_norm_D", values["grad_norm_D"], step + 1, cfg.grad_norm_limit)
+        _guard("loss_G", values["loss_G"], step + 1)
         if not (use_scaler and not math.isfinite(values["grad_norm_G"])):
-            _guard("grad_norm_G", values["grad_norm_G"], step, cfg.grad_norm_limit)
+            _guard("grad_norm_G", values["grad_norm_G"], step + 1, cfg.grad_norm_limit)
 
         # Counters.
         prev_nimg = cur_nimg
