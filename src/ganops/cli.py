@@ -51,7 +51,16 @@ def _run_stage(stage: str, params_path: Path, dry_run: bool, section: str | None
         _fail(stage, err)
     if dry_run:
         cfg = params.model_dump(by_alias=True, mode="json")
-        typer.echo(json.dumps({"seed": cfg["seed"], section: cfg[section]} if section else cfg, indent=2))
+        out = {"seed": cfg["seed"], section: cfg[section]} if section else cfg
+        if section in ("train", "evaluate"):  # what ``device: auto`` picks on this machine (imports torch, ~1 s)
+            from ganops.training.loop import resolve_device
+
+            key = f"{section}.device"
+            try:
+                out["resolved"] = {key: str(resolve_device(cfg[section]["device"], key))}
+            except ConfigError as err:
+                _fail(stage, err)
+        typer.echo(json.dumps(out, indent=2))
         return
     from ganops.tracking import stage_logger
 

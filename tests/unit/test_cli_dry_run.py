@@ -1,0 +1,43 @@
+"""``ganops <stage> --dry-run``: prints the stage's validated section and, for train/evaluate, the device that
+``auto`` picks on this machine; writes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ganops.cli import app
+
+
+def _params(tmp_path, text: str = "") -> str:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_dry_run_shows_the_device_auto_resolves_to(tmp_path, stage):
+    result = CliRunner().invoke(app, [stage, "--dry-run", "--params", _params(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out[stage]["device"] == "auto"
+    assert out["resolved"] == {f"{stage}.device": "cuda" if torch.cuda.is_available() else "cpu"}
+    assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"]  # nothing written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_dry_run_refuses_cuda_without_a_gpu(tmp_path):
+    params = _params(tmp_path, "evaluate:\n  device: cuda\n")
+    result = CliRunner().invoke(app, ["evaluate", "--dry-run", "--params", params])
+    assert result.exit_code == 1
+    assert "evaluate.device is 'cuda' but no CUDA device is available" in result.output
+
+
+def test_dry_run_of_other_stages_prints_their_section_only(tmp_path):
+    result = CliRunner().invoke(app, ["prepare", "--dry-run", "--params", _params(tmp_path, "seed: 3\n")])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["seed"] == 3 and out["prepare"]["source"] == "fashion_mnist" and "resolved" not in out
