@@ -55,7 +55,7 @@ def real_reference(extractor: FeatureExtractor, cfg: EvaluateConfig, prepared_di
     if n < 2:
         raise ValueError(f"the {split} split of {prepared_dir} has {images.shape[0]} images; FID needs at least 2")
     key = ref_stats.RefStatsKey(cfg.protocol, extractor.weights_sha256, load_summary(prepared_dir)["dataset_sha256"],
-                                split, n, cfg.precision)
+                                split, n, cfg.precision, extractor.device.type)
 
     def compute() -> FeatureStats:
         stats = FeatureStats(max_kept=min(n, defaults.MAX_KEPT_FEATURES))

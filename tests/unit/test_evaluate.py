@@ -113,15 +113,19 @@ def test_ref_stats_reused_only_for_matching_key(tmp_path):
         s.append(np.random.RandomState(len(calls)).rand(10, 4))
         return s
 
-    key = ref_stats.RefStatsKey("legacy_tensorflow", "a" * 64, "d" * 64, "test", 10, "fp32")
+    key = ref_stats.RefStatsKey("legacy_tensorflow", "a" * 64, "d" * 64, "test", 10, "fp32", "cpu")
     first, cached1 = ref_stats.get_or_compute(tmp_path, key, compute)
     again, cached2 = ref_stats.get_or_compute(tmp_path, key, compute)
     assert (cached1, cached2, len(calls)) == (False, True, 1)
     np.testing.assert_array_equal(first.sigma, again.sigma)
     assert again.features.shape == (10, 4)
-    other = ref_stats.RefStatsKey("legacy_tensorflow", "b" * 64, "d" * 64, "test", 10, "fp32")
+    other = ref_stats.RefStatsKey("legacy_tensorflow", "b" * 64, "d" * 64, "test", 10, "fp32", "cpu")
     _, cached3 = ref_stats.get_or_compute(tmp_path, other, compute)
     assert not cached3 and len(calls) == 2
+    # Statistics measured on another device are not reused (GPU and CPU features differ in the last bits).
+    on_gpu = ref_stats.RefStatsKey("legacy_tensorflow", "a" * 64, "d" * 64, "test", 10, "fp32", "cuda")
+    _, cached4 = ref_stats.get_or_compute(tmp_path, on_gpu, compute)
+    assert not cached4 and len(calls) == 3
     # A file whose stored key disagrees (renamed/copied by hand) is never used.
     path = ref_stats.cache_path(tmp_path, key)
     ref_stats.save(path, ref_stats.RefStats(first.mu, first.sigma, 10, first.features, other))

@@ -1,7 +1,9 @@
 """Reference statistics cache: feature moments (and kept features) of a real image set, keyed by what made them.
 
 A cache file is reused only when every key field matches (protocol, weights sha256, dataset hash, split, number of
-images, precision); any mismatch recomputes and overwrites it, so stale statistics are never silently reused.
+images, precision, device type); any mismatch recomputes and overwrites it, so stale statistics are never silently
+reused. The device is part of the key because CPU and GPU Inception features differ in the last bits (~1e-6), so a
+FID is always computed from two sides measured on the same device.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class RefStatsKey:
     split: str
     num_images: int
     precision: str
+    device: str  # torch device type of the Inception forward: "cpu" | "cuda"
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
