@@ -52,14 +52,21 @@ def _run_stage(stage: str, params_path: Path, dry_run: bool, section: str | None
     if dry_run:
         cfg = params.model_dump(by_alias=True, mode="json")
         out = {"seed": cfg["seed"], section: cfg[section]} if section else cfg
-        if section in ("train", "evaluate"):  # what ``device: auto`` picks on this machine (imports torch, ~1 s)
-            from ganops.training.loop import resolve_device
+        if section in ("train", "evaluate"):  # what ``device: auto`` picks on this machine (imports torch, ~1-3 s)
+            from ganops.training.loop import resolve_device, resolve_precision
 
-            key = f"{section}.device"
+            # The device checks the run makes before it starts: the stage's device; for train also its precision
+            # (fp16 needs CUDA) and, with in-training FID on, evaluate.device (where that Inception runs).
+            keys = [f"{section}.device"]
+            if section == "train" and params.train.eval_every_kimg > 0:
+                keys.append("evaluate.device")
             try:
-                out["resolved"] = {key: str(resolve_device(cfg[section]["device"], key))}
+                resolved = {key: resolve_device(cfg[key.split(".")[0]]["device"], key) for key in keys}
+                if section == "train":
+                    resolve_precision(params.train.precision, resolved["train.device"])
             except ConfigError as err:
                 _fail(stage, err)
+            out["resolved"] = {key: str(device) for key, device in resolved.items()}
         typer.echo(json.dumps(out, indent=2))
         return
     from ganops.tracking import stage_logger
