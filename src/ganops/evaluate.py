@@ -2,7 +2,8 @@
 
 Samples G_ema with ``iter_samples`` (seeded), quantizes them to uint8 the NVIDIA way, and compares Inception pool3
 features with those of the first ``min(num_samples, N_test)`` test images. Reference statistics are cached under
-``cfg.ref_stats_dir`` keyed by protocol, weights sha256, dataset hash, split, count and precision.
+``cfg.ref_stats_dir`` keyed by protocol, weights sha256, dataset hash, split, count, precision and the device type
+the Inception network runs on (``ganops.metrics.ref_stats``).
 
 FID statistics stream (memory O(2048^2), flat in num_samples); KID uses the first
 ``ganops.metrics.defaults.MAX_KEPT_FEATURES`` (10k) feature rows of each side, which bounds memory at 50k samples.

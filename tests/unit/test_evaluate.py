@@ -6,6 +6,7 @@ extractor so they test the plumbing (sources, layouts, caching, keys) in millise
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -130,6 +131,37 @@ def test_ref_stats_reused_only_for_matching_key(tmp_path):
     path = ref_stats.cache_path(tmp_path, key)
     ref_stats.save(path, ref_stats.RefStats(first.mu, first.sigma, 10, first.features, other))
     assert ref_stats.load(path, key) is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not_npz", "key_not_json", "mu_missing"])
+def test_unreadable_ref_stats_cache_is_recomputed(tmp_path, damage, caplog):
+    """A damaged cache file (disk fault, a copy cut short, edited by hand) is recomputed and rewritten, never a crash."""
+    calls = []
+
+    def compute():
+        calls.append(1)
+        s = FeatureStats(4, max_kept=10)
+        s.append(np.random.RandomState(0).rand(10, 4))
+        return s
+
+    key = ref_stats.RefStatsKey("legacy_tensorflow", "a" * 64, "d" * 64, "test", 10, "fp32", "cpu")
+    first, _ = ref_stats.get_or_compute(tmp_path, key, compute)
+    path = ref_stats.cache_path(tmp_path, key)
+    good = path.read_bytes()
+    damaged = {
+        "truncated": lambda: path.write_bytes(good[: len(good) // 2]),
+        "empty": lambda: path.write_bytes(b""),
+        "not_npz": lambda: path.write_bytes(b"<html>proxy error</html>" * 20),
+        "key_not_json": lambda: np.savez(path, key="{torn", mu=first.mu),
+        "mu_missing": lambda: np.savez(path, key=json.dumps(dataclasses.asdict(key), sort_keys=True)),
+    }
+    damaged[damage]()
+    with caplog.at_level("WARNING", logger="ganops.metrics.ref_stats"):
+        again, cached = ref_stats.get_or_compute(tmp_path, key, compute)
+    assert (cached, len(calls)) == (False, 2)
+    np.testing.assert_array_equal(again.sigma, first.sigma)
+    assert any("unreadable" in r.getMessage() and path.name in r.getMessage() for r in caplog.records)
+    assert ref_stats.get_or_compute(tmp_path, key, compute)[1] and len(calls) == 2  # rewritten: reused next time
 
 
 def test_registry_unknown_name_lists_valid_ones():

@@ -1,15 +1,20 @@
 """Reference statistics cache: feature moments (and kept features) of a real image set, keyed by what made them.
 
 A cache file is reused only when every key field matches (protocol, weights sha256, dataset hash, split, number of
-images, precision, device type); any mismatch recomputes and overwrites it, so stale statistics are never silently
-reused. The device is part of the key because CPU and GPU Inception features differ in the last bits (~1e-6), so a
-FID is always computed from two sides measured on the same device.
+images, precision, device type); any mismatch recomputes, so stale statistics are never silently reused. The key's
+digest is part of the file name, so statistics under another key (e.g. files written before the device field existed)
+get a file of their own and the old file is left in place; a file whose stored key disagrees with its name, or that
+cannot be read (truncated, not an .npz, fields missing), is recomputed and overwritten. The device is part of the key
+because CPU and GPU Inception features differ in the last bits (~1e-6), so a FID is always computed from two sides
+measured on the same device.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +23,8 @@ import numpy as np
 
 from ganops.io import atomic_write
 from ganops.metrics.fid import FeatureStats
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,14 +68,23 @@ def save(path: str | Path, ref: RefStats) -> None:
 
 
 def load(path: str | Path, key: RefStatsKey) -> RefStats | None:
-    """The cached statistics when ``path`` exists and its stored key equals ``key``; otherwise None."""
+    """The cached statistics when ``path`` exists and its stored key equals ``key``; otherwise None.
+
+    A file that cannot be read as a cache file (truncated, empty, not an .npz, a torn key, a field missing) is
+    logged as a warning and also gives None: it is only a cache, so the caller recomputes and overwrites it.
+    """
     path = Path(path)
     if not path.is_file():
         return None
-    with np.load(path) as z:
-        if "key" not in z or json.loads(str(z["key"])) != asdict(key):
-            return None
-        return RefStats(z["mu"], z["sigma"], int(z["n"]), z["features"], key)
+    try:
+        with np.load(path) as z:
+            if "key" not in z or json.loads(str(z["key"])) != asdict(key):
+                return None
+            return RefStats(z["mu"], z["sigma"], int(z["n"]), z["features"], key)
+    except (EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:  # ValueError covers JSONDecodeError
+        log.warning("unreadable reference-statistics cache file %s (%s: %s); recomputing it", path,
+                    type(err).__name__, str(err)[:200])
+        return None
 
 
 def get_or_compute(cache_dir: str | Path, key: RefStatsKey, compute: Callable[[], FeatureStats]) -> tuple[RefStats, bool]:
