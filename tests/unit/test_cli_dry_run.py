@@ -19,7 +19,8 @@ def _params(tmp_path, text: str = "") -> str:
 
 
 @pytest.mark.parametrize("stage", ["train", "evaluate"])
-def test_dry_run_shows_the_device_auto_resolves_to(tmp_path, stage):
+def test_dry_run_shows_the_device_auto_resolves_to(tmp_path, stage, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a stage writes relative to the working directory (runs/, mlflow.db, metrics/)
     result = CliRunner().invoke(app, [stage, "--dry-run", "--params", _params(tmp_path)])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
