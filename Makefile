@@ -2,8 +2,10 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
-# Installed before the project so pip never resolves torch to a multi-GB CUDA build by accident.
-# On a CUDA machine: make run TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# Installed before the project, pinned, so the project's install never pulls another torch. On this project's
+# machines pip finds the CPU wheel locally; elsewhere PyPI's Linux torch==2.13.0 is the multi-GB CUDA 13 build:
+# CPU only: make run TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# CUDA 12.8: make run TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 BIN := $(VENV)/bin
