@@ -177,6 +177,39 @@ def test_nan_loss_keeps_last_good_state(tmp_path, prepared, monkeypatch):
     assert torch.isfinite(torch.cat([v.flatten().float() for v in _state(run)["G"].values()])).all()
 
 
+def test_nonfinite_weights_stop_before_any_grid_stat_or_state_is_written(tmp_path, prepared, monkeypatch):
+    # A NaN that slips past the loss/gradient guards (here put into G_ema after step 3) must not reach the disk:
+    # not as a sample grid, not as a diversity line in stats.jsonl (NaN is not JSON), not as a checkpoint.
+    real_update = loop_mod.update_ema
+    calls = {"n": 0}
+
+    def nan_on_third(G_ema, G, beta):
+        calls["n"] += 1
+        real_update(G_ema, G, beta)
+        if calls["n"] == 3:
+            with torch.no_grad():
+                next(G_ema.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(loop_mod, "update_ema", nan_on_third)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match="non-finite weights in G_ema after step 3"):
+        training_loop(tiny_cfg(run, checkpoint_every_kimg=0.008, sample_every_kimg=0.008), prepared_dir=prepared,
+                      seed=0, progress=False)
+    def strict(constant: str) -> None:
+        pytest.fail(f"stats.jsonl holds {constant}, which is not JSON")
+
+    lines = [json.loads(x, parse_constant=strict) for x in (run / "stats.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in lines if "diversity_ratio" in e] == [1, 2]
+    assert _state(run)["step"] == 2
+    # The latest grid is still step 2's: the same bytes as a clean run that stops after 2 steps (CPU runs are
+    # bit-identical for a seed).
+    monkeypatch.setattr(loop_mod, "update_ema", real_update)
+    clean = tmp_path / "clean"
+    training_loop(tiny_cfg(clean, total_kimg=0.016, checkpoint_every_kimg=0.008, sample_every_kimg=0.008),
+                  prepared_dir=prepared, seed=0, progress=False)
+    assert sha256_file(run / "fakes-latest.png") == sha256_file(clean / "fakes-latest.png")
+
+
 def test_batch_larger_than_the_dataset_warns_and_trains(tmp_path, caplog):
     prepared = write_prepared(tmp_path / "small", n=6)
     with caplog.at_level(logging.WARNING, logger="ganops.training.loop"):

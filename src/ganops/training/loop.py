@@ -427,10 +427,16 @@ def training_loop(
             best_fid = metrics["fid"]
             save_snapshot(run_dir / "network-snapshot.pt", G_ema, snapshot_meta())
 
-    def checkpoint() -> None:
+    def check_finite_weights() -> None:
+        # Belt and braces behind the per-step guards: never write a grid, a statistic, a snapshot or a state from
+        # broken weights.
         for name, net in (("G", G), ("D", D), ("G_ema", G_ema)):
-            if not _all_finite(net):  # belt and braces: never overwrite good files with broken weights
+            if not _all_finite(net):
                 raise TrainingDivergedError(f"non-finite weights in {name} after step {step}; last good state kept")
+
+    def checkpoint() -> None:
+        check_finite_weights()
+        for net in (G, D, G_ema):
             ddp.broadcast_buffers(net, dist_info)  # every rank holds rank 0's BN statistics, as saved
         if not is_main:
             return
@@ -587,12 +593,17 @@ def training_loop(
             logger.log_metrics({k: v for k, v in entry.items() if k != "step"}, step=step)
             window_s, window_steps = 0.0, 0
 
-        # Interval actions (and always at the end).
-        if crossed(cfg.sample_every_kimg, prev_nimg) or done:
+        # Interval actions (and always at the end), after one weights check so none of them writes from NaN weights.
+        do_grid = crossed(cfg.sample_every_kimg, prev_nimg) or done
+        do_eval = eval_on and (crossed(cfg.eval_every_kimg, prev_nimg) or done)
+        do_checkpoint = crossed(cfg.checkpoint_every_kimg, prev_nimg) or done
+        if do_grid or do_eval or do_checkpoint:
+            check_finite_weights()
+        if do_grid:
             sample_grid()
-        if eval_on and (crossed(cfg.eval_every_kimg, prev_nimg) or done):
+        if do_eval:
             evaluate()
-        if crossed(cfg.checkpoint_every_kimg, prev_nimg) or done:
+        if do_checkpoint:
             checkpoint()
             saved_step = step
     pbar.close()
