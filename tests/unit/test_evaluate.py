@@ -27,6 +27,8 @@ class FakeExtractor:
 
     weights_sha256 = "f" * 64
     has_classifier = False
+    precision = "fp32"
+    device = torch.device("cpu")
 
     def __init__(self) -> None:
         self.calls = 0
@@ -101,6 +103,32 @@ def test_compare_bad_sources_are_named(tmp_path):
     np.savez(tmp_path / "one.npz", images=_imgs(1, 0))
     with pytest.raises(ValueError, match="at least 2"):
         compare(str(tmp_path / "one.npz"), str(tmp_path / "one.npz"), extractor=FakeExtractor())
+
+
+def test_compare_refuses_cached_statistics_from_another_protocol_or_network(tmp_path, caplog):
+    ex = FakeExtractor()
+    real = FeatureStats(max_kept=0)
+    real.append(ex.features(_imgs(20, 4)).numpy())
+    np.savez(tmp_path / "b.npz", images=_imgs(12, 3))
+
+    def cache_file(name, **changes):
+        fields = dict(protocol="legacy_tensorflow", weights_sha256=ex.weights_sha256, dataset_sha256="d" * 64,
+                      split="test", num_images=20, precision="fp32", device="cpu")
+        key = ref_stats.RefStatsKey(**{**fields, **changes})
+        ref_stats.save(tmp_path / name, ref_stats.RefStats.from_stats(real, key))
+        return str(tmp_path / name)
+
+    same = compare(cache_file("same.npz"), str(tmp_path / "b.npz"), extractor=ex)
+    plain = tmp_path / "plain.npz"  # statistics made elsewhere: no stored key, taken as they are
+    np.savez(plain, mu=real.mean, sigma=real.cov)
+    assert compare(str(plain), str(tmp_path / "b.npz"), extractor=FakeExtractor())["fid"] == same["fid"]
+    with pytest.raises(ValueError, match=r"protocol='clean', this comparison uses protocol='legacy_tensorflow'"):
+        compare(cache_file("clean.npz", protocol="clean"), str(tmp_path / "b.npz"), extractor=ex)
+    with pytest.raises(ValueError, match="computed with weights_sha256="):
+        compare(cache_file("other.npz", weights_sha256="0" * 64), str(tmp_path / "b.npz"), extractor=ex)
+    with caplog.at_level("WARNING", logger="ganops.metrics.api"):
+        on_gpu = compare(cache_file("gpu.npz", device="cuda"), str(tmp_path / "b.npz"), extractor=ex)
+    assert on_gpu["fid"] == same["fid"] and "statistics computed on cuda" in caplog.text
 
 
 # ---- reference-stat cache and registry ----------------------------------------------------------------------------

@@ -3,13 +3,16 @@
 A source is one of:
 - an image folder (png/jpg/jpeg/bmp/webp, searched recursively; all grayscale -> 1 channel, else RGB);
 - an ``.npz`` with ``images`` uint8 (N, C, H, W) or (N, H, W, C), C in {1, 3};
-- an ``.npz`` of cached statistics with ``mu`` (d,) and ``sigma`` (d, d) (then KID is null);
+- an ``.npz`` of cached statistics with ``mu`` (d,) and ``sigma`` (d, d) (then KID is null); a file from ganops'
+  reference cache must match the comparison's protocol, Inception weights and precision (``check_stats_provenance``);
 - a registered model URI ``models:/name@alias`` (or ``models:/name/version``): sampled through its MLflow pyfunc,
   ``predict(DataFrame{num_images, seed})`` -> uint8 (N, H, W, C).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from ganops.metrics.inception import FeatureExtractor, load_feature_extractor
 from ganops.metrics.kid import kernel_inception_distance
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,10 +98,36 @@ def load_images_or_stats(source: str, *, num_samples: int | None = None, seed: i
         raise ValueError(f"{source}: .npz must hold 'images' or 'mu' and 'sigma', found {sorted(z.files)}")
 
 
+def check_stats_provenance(source: str, extractor: FeatureExtractor, protocol: str) -> None:
+    """Refuse a statistics .npz written by ganops' reference cache (it stores its key) under another protocol,
+    Inception weights or precision than this comparison uses: its FID against fresh features would be meaningless
+    (different resize or network). A file without a stored key (made elsewhere) is taken as it is.
+
+    Raises:
+        ValueError: a key field differs; the message names it and what to do.
+    """
+    with np.load(source, allow_pickle=False) as z:
+        if "key" not in z:
+            return
+        stored = json.loads(str(z["key"]))
+    expected = {"protocol": protocol, "weights_sha256": extractor.weights_sha256,
+                "precision": getattr(extractor, "precision", None)}
+    for field, want in expected.items():
+        have = stored.get(field)
+        if want is not None and have is not None and have != want:
+            raise ValueError(f"{source}: these statistics were computed with {field}={have!r}, this comparison uses "
+                             f"{field}={want!r}; compare with the same setting or recompute the statistics")
+    device = getattr(extractor, "device", None)
+    if device is not None and stored.get("device") not in (None, device.type):
+        log.warning("%s: statistics computed on %s, features now on %s (they differ ~1e-6)", source,
+                    stored["device"], device.type)
+
+
 def _side(source: str, extractor: FeatureExtractor, *, protocol: str, num_samples: int | None, batch_size: int,
           seed: int) -> _Side:
     loaded = load_images_or_stats(source, num_samples=num_samples, seed=seed)
     if isinstance(loaded, tuple):
+        check_stats_provenance(source, extractor, protocol)
         mu, sigma = loaded
         return _Side(n=-1, mu=mu, sigma=sigma, features=None)
     if loaded.shape[0] < 2:
