@@ -202,9 +202,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``.
 
     Raises:
-        ConfigError: the file is missing, is not a YAML mapping, or fails validation.
+        ConfigError: the file is missing or a directory, is not a YAML mapping, or fails validation.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path.resolve()} is a directory, not a parameter file; pass the YAML file itself "
+                          f"(e.g. --params {path / 'params.yaml'})")
     if not path.is_file():
         raise ConfigError(f"parameter file not found: {path.resolve()} (run from the project root or pass --params)")
     try:

@@ -65,3 +65,9 @@ def test_train_dry_run_resolves_the_in_training_fid_device_only_when_it_runs(tmp
     off = CliRunner().invoke(app, ["train", "--dry-run", "--params", _params(tmp_path, "evaluate:\n  device: cuda\n")])
     assert off.exit_code == 0, off.output
     assert json.loads(off.output)["resolved"] == {"train.device": expected}
+
+
+def test_params_pointing_at_a_directory_is_named_as_such(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--dry-run", "--params", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "is a directory, not a parameter file" in result.output and "not found" not in result.output
