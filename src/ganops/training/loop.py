@@ -434,8 +434,7 @@ def training_loop(
             if not _all_finite(net):
                 raise TrainingDivergedError(f"non-finite weights in {name} after step {step}; last good state kept")
 
-    def checkpoint() -> None:
-        check_finite_weights()
+    def checkpoint() -> None:  # callers run check_finite_weights() first
         for net in (G, D, G_ema):
             ddp.broadcast_buffers(net, dist_info)  # every rank holds rank 0's BN statistics, as saved
         if not is_main:
@@ -610,6 +609,7 @@ def training_loop(
 
     # ---- Summary ---------------------------------------------------------------------------------------------------
     if saved_step != step:  # e.g. total_kimg reached with no step taken in this call and no state yet
+        check_finite_weights()
         checkpoint()
     # DDP: the ranks must end with bit-identical G and D (gradient all-reduce + rank 0's buffers); a mismatch would
     # mean a shard trained a different model than the one saved.
