@@ -11,7 +11,6 @@ A source is one of:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ganops.metrics import defaults
+from ganops.metrics import defaults, ref_stats
 from ganops.metrics.fid import FeatureStats, frechet_distance
 from ganops.metrics.inception import FeatureExtractor, load_feature_extractor
 from ganops.metrics.kid import kernel_inception_distance
@@ -107,9 +106,9 @@ def check_stats_provenance(source: str, extractor: FeatureExtractor, protocol: s
         ValueError: a key field differs; the message names it and what to do.
     """
     with np.load(source, allow_pickle=False) as z:
-        if "key" not in z:
-            return
-        stored = json.loads(str(z["key"]))
+        stored = ref_stats.stored_key(z)
+    if stored is None:
+        return
     expected = {"protocol": protocol, "weights_sha256": extractor.weights_sha256,
                 "precision": getattr(extractor, "precision", None)}
     for field, want in expected.items():

@@ -67,6 +67,12 @@ def save(path: str | Path, ref: RefStats) -> None:
                  weights_sha256=ref.key.weights_sha256, dataset_sha256=ref.key.dataset_sha256)
 
 
+def stored_key(z: np.lib.npyio.NpzFile) -> dict | None:
+    """The key fields an open cache file was written under (``asdict(RefStatsKey)``), or None when it has none
+    (statistics made elsewhere). Raises ValueError (JSONDecodeError) for a torn key."""
+    return json.loads(str(z["key"])) if "key" in z else None
+
+
 def load(path: str | Path, key: RefStatsKey) -> RefStats | None:
     """The cached statistics when ``path`` exists and its stored key equals ``key``; otherwise None.
 
@@ -78,7 +84,7 @@ def load(path: str | Path, key: RefStatsKey) -> RefStats | None:
         return None
     try:
         with np.load(path) as z:
-            if "key" not in z or json.loads(str(z["key"])) != asdict(key):
+            if stored_key(z) != asdict(key):
                 return None
             return RefStats(z["mu"], z["sigma"], int(z["n"]), z["features"], key)
     except (EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:  # ValueError covers JSONDecodeError
