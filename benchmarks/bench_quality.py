@@ -162,7 +162,7 @@ def check_run_dir(params: dict[str, Any], name: str) -> None:
     if not saved_path.is_file():
         return
     from ganops.config import TrainConfig
-    from ganops.training.loop import RESUMABLE_OPTIONS
+    from ganops.training.state import RESUMABLE_OPTIONS
     from ganops.training.snapshot import changed_options, describe_changes
 
     saved = json.loads(saved_path.read_text())

@@ -53,7 +53,7 @@ def _run_stage(stage: str, params_path: Path, dry_run: bool, section: str | None
         cfg = params.model_dump(by_alias=True, mode="json")
         out = {"seed": cfg["seed"], section: cfg[section]} if section else cfg
         if section in ("train", "evaluate"):  # what ``device: auto`` picks on this machine (imports torch, ~1-3 s)
-            from ganops.training.loop import resolve_device, resolve_precision
+            from ganops.training.device import resolve_device, resolve_precision
 
             # The device checks the run makes before it starts: the stage's device; for train also its precision
             # (fp16 needs CUDA) and, with in-training FID on, evaluate.device (where that Inception runs).

@@ -83,8 +83,31 @@ class TrainConfig(_Strict):
         0.0, ge=0, allow_inf_nan=False, description="G_ema half-life; 0 = G_ema is a copy of G each step"
     )
     spectral_norm: bool = Field(False, description="spectral norm on every D layer (Miyato et al. 2018); drops D's BN")
+    # arch=r3gan only (Huang et al. 2024): residual blocks per stage, inverted-bottleneck widening, 3x3 group width.
+    blocks_per_stage: int = Field(1, ge=1, le=16, description="r3gan: residual blocks per resolution stage")
+    expansion: int = Field(2, ge=1, le=8, description="r3gan: inverted-bottleneck widening of each block")
+    group_size: int = Field(16, ge=1, description="r3gan: channels per group of the grouped 3x3 convolutions")
     r1_gamma: float = Field(0.0, ge=0, allow_inf_nan=False, description="R1 weight (Mescheder et al. 2018); 0 = off")
-    r1_interval: int = Field(16, ge=1, description="lazy R1: every N D steps, weighted gamma * N")
+    r2_gamma: float = Field(0.0, ge=0, allow_inf_nan=False,
+                            description="R2 weight: R1 on generated images (R3GAN, Huang et al. 2024); 0 = off")
+    r1_interval: int = Field(16, ge=1, description="lazy R1/R2: every N D steps, weighted gamma * N")
+    # Cosine schedules (R3GAN): each *_end value is reached at schedule_kimg and kept after; None = constant.
+    schedule_kimg: float = Field(0.0, ge=0, allow_inf_nan=False,
+                                 description="horizon of the cosine schedules in kimg; 0 = every schedule off")
+    lr_g_end: float | None = Field(None, gt=0, allow_inf_nan=False)
+    lr_d_end: float | None = Field(None, gt=0, allow_inf_nan=False)
+    beta2_end: float | None = Field(None, ge=0, lt=1, description="Adam beta2 of G and D at schedule_kimg")
+    r1_gamma_end: float | None = Field(None, ge=0, allow_inf_nan=False)
+    r2_gamma_end: float | None = Field(None, ge=0, allow_inf_nan=False)
+    ema_halflife_kimg_end: float | None = Field(None, ge=0, allow_inf_nan=False)
+    ema_rampup: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="G_ema half-life <= ema_rampup * images seen (StyleGAN2-ADA, 0.05 there); None = no ramp-up")
+    # Adaptive discriminator augmentation (Karras et al. 2020): ops applied with probability p, p steered by r_t.
+    ada_target: float = Field(0.0, ge=0, lt=1, description="ADA r_t target (0.6 in the paper); 0 = ADA off")
+    ada_policy: str = Field("translation,cutout", description="ADA ops (comma list of translation,cutout,color)")
+    ada_kimg: float = Field(100.0, gt=0, allow_inf_nan=False, description="ADA: kimg for p to move from 0 to 1")
+    ada_interval: int = Field(4, ge=1, description="ADA: D steps between p updates")
     gp_lambda: float = Field(10.0, ge=0, allow_inf_nan=False, description="gradient-penalty weight for loss=wgan_gp")
     diffaugment: str = Field("", description="comma list of translation,cutout,color; empty = off")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
@@ -122,7 +145,7 @@ class TrainConfig(_Strict):
             raise ValueError(f"Adam betas must lie in [0, 1), got {v}")
         return v
 
-    @field_validator("diffaugment")
+    @field_validator("diffaugment", "ada_policy")
     @classmethod
     def _known_augments(cls, v: str) -> str:
         valid = ("translation", "cutout", "color")

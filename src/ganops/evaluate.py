@@ -35,7 +35,7 @@ SNAPSHOT_NAME = "network-snapshot.pt"
 def _extractor(cfg: EvaluateConfig) -> FeatureExtractor:
     """The Inception extractor on ``cfg.device`` (``auto``: CUDA when available). Raises ConfigError for ``cuda``
     without a GPU."""
-    from ganops.training.loop import resolve_device
+    from ganops.training.device import resolve_device
 
     device = resolve_device(cfg.device, "evaluate.device")
     return load_feature_extractor(cfg.inception_path, precision=cfg.precision, device=str(device))
@@ -97,7 +97,7 @@ def make_metric_fn(cfg: EvaluateConfig, *, prepared_dir: str | Path, seed: int) 
         ConfigError: evaluate.device is ``cuda`` but no CUDA device is available (here, not at the first
             evaluation after minutes of training).
     """
-    from ganops.training.loop import resolve_device
+    from ganops.training.device import resolve_device
 
     resolve_device(cfg.device, "evaluate.device")
     state: dict = {}

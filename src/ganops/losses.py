@@ -1,7 +1,8 @@
 """Adversarial losses (a registry by name) and gradient regularisers.
 
 Every loss maps discriminator logits float32 (N,) to a scalar to *minimise*:
-``d_loss(real_logits, fake_logits)`` for D and ``g_loss(fake_logits)`` for G.
+``d_loss(real_logits, fake_logits)`` for D and ``g_loss(fake_logits, real_logits)`` for G (``real_logits`` is read
+only by relativistic losses, ``uses_real_in_g``; the others take None).
 
 Registered names:
     ``non_saturating``: Goodfellow et al. 2014, sec. 3 (G maximises log D(G(z))). Default.
@@ -9,6 +10,10 @@ Registered names:
     ``hinge``:          Lim & Ye 2017; Miyato et al. 2018.
     ``wgan_gp``:        Gulrajani et al. 2017 (critic loss; add :func:`gradient_penalty` * lambda).
     ``lsgan``:          Mao et al. 2017, eq. 9 with a=0, b=1, c=1 (factor 1/2).
+    ``rpgan``:          relativistic pairing GAN (Jolicoeur-Martineau 2019, "The relativistic discriminator";
+                        Sun et al. 2020), as in R3GAN (Huang et al. 2024, eq. 2): fake i is paired with real i,
+                        ``L_D = E[softplus(D(fake) - D(real))]``, ``L_G = E[softplus(D(real) - D(fake))]``.
+                        Pair it with :func:`r1_penalty` and :func:`r2_penalty` (R3GAN's RpGAN + R1 + R2).
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ from ganops.config import ConfigError
 
 @dataclass(frozen=True)
 class GANLoss:
-    """A named pair of D and G objectives; ``needs_gradient_penalty`` marks WGAN-GP."""
+    """A named pair of D and G objectives; ``needs_gradient_penalty`` marks WGAN-GP, ``uses_real_in_g`` a loss
+    whose G objective reads D's logits on the real batch (relativistic)."""
 
     name: str
     d_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    g_loss: Callable[[torch.Tensor], torch.Tensor]
+    g_loss: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
     needs_gradient_penalty: bool = False
+    uses_real_in_g: bool = False
 
 
 def _d_logistic(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -38,21 +45,42 @@ def _d_logistic(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return F.softplus(-real).mean() + F.softplus(fake).mean()
 
 
+def _rp_pairs(real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if real.shape != fake.shape:
+        raise ValueError(f"the relativistic pairing loss pairs real and fake logits one to one; got shapes "
+                         f"{tuple(real.shape)} and {tuple(fake.shape)}")
+    return real, fake
+
+
+def _rpgan_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    real, fake = _rp_pairs(real, fake)
+    return F.softplus(fake - real).mean()
+
+
+def _rpgan_g(fake: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    if real is None:
+        raise ValueError("the rpgan G loss needs D's logits on the real batch (real_logits)")
+    real, fake = _rp_pairs(real.detach(), fake)
+    return F.softplus(real - fake).mean()
+
+
 LOSSES: dict[str, GANLoss] = {
-    "non_saturating": GANLoss("non_saturating", _d_logistic, lambda fake: F.softplus(-fake).mean()),
+    "non_saturating": GANLoss("non_saturating", _d_logistic, lambda fake, real=None: F.softplus(-fake).mean()),
     # log(1 - sigmoid(f)) == -softplus(f)
-    "minimax": GANLoss("minimax", _d_logistic, lambda fake: -F.softplus(fake).mean()),
+    "minimax": GANLoss("minimax", _d_logistic, lambda fake, real=None: -F.softplus(fake).mean()),
     "hinge": GANLoss(
         "hinge",
         lambda real, fake: F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean(),
-        lambda fake: -fake.mean(),
+        lambda fake, real=None: -fake.mean(),
     ),
-    "wgan_gp": GANLoss("wgan_gp", lambda real, fake: fake.mean() - real.mean(), lambda fake: -fake.mean(), True),
+    "wgan_gp": GANLoss("wgan_gp", lambda real, fake: fake.mean() - real.mean(), lambda fake, real=None: -fake.mean(),
+                       True),
     "lsgan": GANLoss(
         "lsgan",
         lambda real, fake: 0.5 * ((real - 1.0) ** 2).mean() + 0.5 * (fake**2).mean(),
-        lambda fake: 0.5 * ((fake - 1.0) ** 2).mean(),
+        lambda fake, real=None: 0.5 * ((fake - 1.0) ** 2).mean(),
     ),
+    "rpgan": GANLoss("rpgan", _rpgan_d, _rpgan_g, uses_real_in_g=True),
 }
 
 
@@ -84,6 +112,19 @@ def r1_penalty(D: nn.Module, reals: torch.Tensor, c: torch.Tensor | None = None)
     return grad.float().square().sum(dim=(1, 2, 3)).mean()
 
 
+def r2_penalty(D: nn.Module, fakes: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    """R2 (Roth et al. 2017; R3GAN, Huang et al. 2024, eq. 4): R1's ``||grad_x D(x)||^2`` at generated images.
+
+    Args:
+        D: discriminator, ``D(x, c) -> (N,)`` logits.
+        fakes: float (N, C, H, W) generated images as D sees them (detached here: only D is regularised).
+        c: int64 (N,) labels or None.
+    Returns:
+        scalar float32 tensor, differentiable w.r.t. D's parameters; the caller weights it by ``gamma / 2``.
+    """
+    return r1_penalty(D, fakes, c)
+
+
 def gradient_penalty(
     D: nn.Module,
     reals: torch.Tensor,
@@ -112,4 +153,4 @@ def gradient_penalty(
     return (norms - 1.0).square().mean()
 
 
-__all__ = ["GANLoss", "LOSSES", "get_loss", "gradient_penalty", "r1_penalty"]
+__all__ = ["GANLoss", "LOSSES", "get_loss", "gradient_penalty", "r1_penalty", "r2_penalty"]

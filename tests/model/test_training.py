@@ -19,6 +19,7 @@ from PIL import Image
 
 from ganops.io import sha256_file
 from ganops.training import loop as loop_mod
+from ganops.training import step as step_mod
 from ganops.training.loop import training_loop
 from ganops.training.snapshot import ResumeMismatchError, TrainingDivergedError, load_generator, load_torch
 
@@ -180,7 +181,7 @@ def test_nan_loss_keeps_last_good_state(tmp_path, prepared, monkeypatch):
 def test_nonfinite_weights_stop_before_any_grid_stat_or_state_is_written(tmp_path, prepared, monkeypatch):
     # A NaN that slips past the loss/gradient guards (here put into G_ema after step 3) must not reach the disk:
     # not as a sample grid, not as a diversity line in stats.jsonl (NaN is not JSON), not as a checkpoint.
-    real_update = loop_mod.update_ema
+    real_update = step_mod.update_ema
     calls = {"n": 0}
 
     def nan_on_third(G_ema, G, beta):
@@ -190,7 +191,7 @@ def test_nonfinite_weights_stop_before_any_grid_stat_or_state_is_written(tmp_pat
             with torch.no_grad():
                 next(G_ema.parameters()).fill_(float("nan"))
 
-    monkeypatch.setattr(loop_mod, "update_ema", nan_on_third)
+    monkeypatch.setattr(step_mod, "update_ema", nan_on_third)
     run = tmp_path / "run"
     with pytest.raises(TrainingDivergedError, match="non-finite weights in G_ema after step 3"):
         training_loop(tiny_cfg(run, checkpoint_every_kimg=0.008, sample_every_kimg=0.008), prepared_dir=prepared,
@@ -203,7 +204,7 @@ def test_nonfinite_weights_stop_before_any_grid_stat_or_state_is_written(tmp_pat
     assert _state(run)["step"] == 2
     # The latest grid is still step 2's: the same bytes as a clean run that stops after 2 steps (CPU runs are
     # bit-identical for a seed).
-    monkeypatch.setattr(loop_mod, "update_ema", real_update)
+    monkeypatch.setattr(step_mod, "update_ema", real_update)
     clean = tmp_path / "clean"
     training_loop(tiny_cfg(clean, total_kimg=0.016, checkpoint_every_kimg=0.008, sample_every_kimg=0.008),
                   prepared_dir=prepared, seed=0, progress=False)

@@ -11,8 +11,8 @@ from ganops.losses import LOSSES, get_loss, gradient_penalty, r1_penalty
 
 
 def test_registry_names_and_unknown():
-    assert set(LOSSES) == {"non_saturating", "minimax", "hinge", "wgan_gp", "lsgan"}
-    with pytest.raises(ValueError, match=r"unknown loss 'wgan'; valid: hinge, lsgan, minimax, non_saturating, wgan_gp"):
+    assert set(LOSSES) == {"non_saturating", "minimax", "hinge", "wgan_gp", "lsgan", "rpgan"}
+    with pytest.raises(ValueError, match=r"unknown loss 'wgan'; valid: hinge, lsgan, minimax, non_saturating, rpgan, wgan_gp"):
         get_loss("wgan")
 
 

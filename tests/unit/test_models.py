@@ -37,9 +37,9 @@ def test_shapes_and_range(arch, resolution, channels, num_classes):
 
 
 def test_unknown_arch_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown architecture 'stylegan'; valid: dcgan, resnet"):
+    with pytest.raises(ValueError, match=r"unknown architecture 'stylegan'; valid: dcgan, r3gan, resnet"):
         build_G("stylegan", z_dim=4)
-    with pytest.raises(ValueError, match="valid: dcgan, resnet"):
+    with pytest.raises(ValueError, match="valid: dcgan, r3gan, resnet"):
         build_D("nope")
 
 

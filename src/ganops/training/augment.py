@@ -93,4 +93,84 @@ def diff_augment(x: torch.Tensor, policy: str | tuple[str, ...], generator: torc
     return x
 
 
-__all__ = ["POLICIES", "color", "cutout", "diff_augment", "parse_policy", "translation"]
+class AdaptiveAugment:
+    """Adaptive discriminator augmentation (Karras et al. 2020, "Training Generative Adversarial Networks with
+    Limited Data", sec. 3; reference: stylegan2-ada-pytorch ``training_loop``, ``ada_target`` / ``ada_kimg``).
+
+    Every op of ``policy`` (the DiffAugment ops above) is applied to each image with probability ``p``, to real and
+    fake images alike, before D. ``p`` follows the overfitting heuristic ``r_t = E[sign(D(x_real))]``: every
+    ``interval`` D steps, ``p += sign(r_t - target) * (batch_size * interval) / (speed_kimg * 1000)``, clipped to
+    [0, 1]; so p rises when D is too sure of the reals (r_t > target) and falls otherwise.
+
+    ``state_dict()`` / ``load_state_dict()`` hold p and the running sums, so a resumed run continues exactly.
+
+    Args:
+        policy: op names (see ``POLICIES``); empty = ADA off (``p`` stays 0).
+        target: r_t target (0.6 in the paper). speed_kimg: images, in kimg, for p to move from 0 to 1 (ADA: 500;
+            later configs 100). interval: D steps between updates (ADA: 4). p: initial probability in [0, 1].
+    Raises:
+        ValueError: unknown op names, ``target`` outside (0, 1), ``speed_kimg <= 0``, ``interval < 1``, p outside
+            [0, 1].
+    """
+
+    def __init__(self, policy: str | tuple[str, ...], *, target: float = 0.6, speed_kimg: float = 100.0,
+                 interval: int = 4, p: float = 0.0):
+        self.policy = parse_policy(policy) if isinstance(policy, str) else tuple(policy)
+        if not 0.0 < target < 1.0 or speed_kimg <= 0 or interval < 1 or not 0.0 <= p <= 1.0:
+            raise ValueError(f"ADA needs 0 < target < 1, speed_kimg > 0, interval >= 1 and 0 <= p <= 1; got "
+                             f"target={target}, speed_kimg={speed_kimg}, interval={interval}, p={p}")
+        self.target, self.speed_kimg, self.interval = target, speed_kimg, interval
+        self.p = float(p)
+        self._sign_sum: torch.Tensor | None = None  # sum of sign(D(real)) since the last update (device tensor)
+        self._count = 0  # real logits summed since the last update
+        self._steps = 0  # D steps since the last update
+        self.last_rt: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.policy)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment float (N, C, H, W) images in [-1, 1]: each op applied per image with probability p (the ops
+        are differentiable, so G's gradient passes through them)."""
+        if not self.policy or self.p <= 0.0:
+            return x
+        for name in POLICIES:
+            if name in self.policy:
+                apply = torch.rand(x.shape[0], 1, 1, 1, device=x.device, generator=generator) < self.p
+                x = torch.where(apply, _FNS[name](x, generator=generator), x)
+        return x
+
+    def accumulate(self, real_logits: torch.Tensor) -> None:
+        """Add one D step's raw logits on the real batch, float (N,), to the r_t estimate (no host sync)."""
+        if not self.policy:
+            return
+        s = real_logits.detach().sign().sum()
+        self._sign_sum = s if self._sign_sum is None else self._sign_sum + s
+        self._count += real_logits.numel()
+        self._steps += 1
+
+    def update(self, batch_size: int) -> bool:
+        """After a D step: every ``interval`` steps move p from the accumulated r_t (reads the device once).
+        Returns True when p was updated."""
+        if not self.policy or self._steps < self.interval:
+            return False
+        rt = float(self._sign_sum) / max(self._count, 1)
+        adjust = (1.0 if rt > self.target else -1.0 if rt < self.target else 0.0)
+        self.p = min(max(self.p + adjust * batch_size * self._steps / (self.speed_kimg * 1000.0), 0.0), 1.0)
+        self.last_rt = rt
+        self._sign_sum, self._count, self._steps = None, 0, 0
+        return True
+
+    def state_dict(self) -> dict:
+        return {"p": self.p, "sign_sum": float(self._sign_sum) if self._sign_sum is not None else 0.0,
+                "count": self._count, "steps": self._steps,
+                "last_rt": self.last_rt if self.last_rt is not None else float("nan")}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.p, self._count, self._steps = float(state["p"]), int(state["count"]), int(state["steps"])
+        self._sign_sum = torch.tensor(float(state["sign_sum"])) if self._steps else None
+        self.last_rt = None if state["last_rt"] != state["last_rt"] else float(state["last_rt"])
+
+
+__all__ = ["POLICIES", "AdaptiveAugment", "color", "cutout", "diff_augment", "parse_policy", "translation"]
