@@ -110,7 +110,8 @@ class ImageArrayDataset(torch.utils.data.Dataset):
 
 def reference_train(images: np.ndarray, *, steps: int, batch_size: int = 64, num_workers: int = 0, seed: int = 0,
                     z_dim: int = 100, ngf: int = 64, ndf: int = 64, device: str | torch.device = "cpu",
-                    on_step: Callable[[int, float], None] | None = None) -> tuple[nn.Module, dict]:
+                    on_step: Callable[[int, float], None] | None = None,
+                    stop_fn: Callable[[int, nn.Module], bool] | None = None) -> tuple[nn.Module, dict]:
     """Train the DCGAN pair for ``steps`` iterations the pytorch/examples way; return ``(G, stats)``.
 
     Args:
@@ -119,6 +120,8 @@ def reference_train(images: np.ndarray, *, steps: int, batch_size: int = 64, num
         device: "cpu" or "cuda"; on CUDA, as the example: ``cudnn.benchmark = True``, each batch copied with
             ``.to(device)``, labels and noise made on the device (the per-step ``.item()`` synchronises).
         on_step: called as ``on_step(step, seconds)`` after every iteration (seconds include waiting for data).
+        stop_fn: called as ``stop_fn(steps_done, G)`` after every iteration; a true result ends training there
+            (the time-to-quality benchmark keeps G at wall-clock points with it).
     Returns:
         G in train mode and ``{"sec_per_step": [...], "loss_D": float, "loss_G": float}``.
     """
@@ -166,7 +169,8 @@ def reference_train(images: np.ndarray, *, steps: int, batch_size: int = 64, num
             if on_step:
                 on_step(step, seconds[-1])
             step += 1
-            if step >= steps:
+            if step >= steps or (stop_fn is not None and stop_fn(step, G)):
+                steps = step  # ends the outer loop too
                 break
             t = time.perf_counter()
     return G, {"sec_per_step": seconds, "loss_D": err_D, "loss_G": err_G}

@@ -222,15 +222,42 @@ def stage_env(run_id: str | None) -> dict[str, str]:
     return env
 
 
+def stream_lines(proc: subprocess.Popen, on_line) -> str:
+    """Read ``proc``'s merged stdout/stderr as it comes and call ``on_line(line)`` for each line; a carriage-return
+    redraw (a progress bar in a terminal) counts as a line too. Returns the whole output."""
+    chunks: list[str] = []
+    pending = ""
+    assert proc.stdout is not None
+    for block in iter(lambda: proc.stdout.read1(4096), b""):  # read1: whatever has arrived, up to 4 KiB
+        text = block.decode(errors="replace")
+        chunks.append(text)
+        pending += text
+        *lines, pending = re.split(r"\r\n|\r|\n", pending)
+        for line in lines:
+            if line.strip():
+                on_line(line)
+    if pending.strip():
+        on_line(pending)
+    proc.wait()
+    return "".join(chunks)
+
+
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_only_transient, cache_policy=NO_CACHE,
       task_run_name="dvc-repro-{stage}")
 def run_stage(stage: str, project_dir: str, run_id: str | None) -> StageResult:
-    """``dvc repro --single-item <stage>`` in ``project_dir``; raises :class:`StageFailed` on a non-zero exit."""
+    """``dvc repro --single-item <stage>`` in ``project_dir``; raises :class:`StageFailed` on a non-zero exit.
+
+    The stage's output reaches the terminal and the Prefect run log line by line while it runs (progress bars as
+    periodic plain lines: the stage's stderr is a pipe, see ``ganops.progress``)."""
     logger = get_run_logger()
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=project_dir,
-                          env=stage_env(run_id), capture_output=True, text=True)
-    output = proc.stdout + proc.stderr
+
+    def on_line(line: str) -> None:  # Prefect's run logger writes to the terminal and to the run's log
+        logger.info("[%s] %s", stage, line)
+
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=project_dir,
+                            env=stage_env(run_id), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = stream_lines(proc, on_line)
     if proc.returncode != 0:
         raise StageFailed(stage, proc.returncode, output)
     ran = re.search(rf"Running stage '{re.escape(stage)}'", output) is not None

@@ -23,9 +23,10 @@ from ganops.config import EvaluateConfig
 from ganops.io import sha256_file, write_json
 from ganops.metrics import defaults, ref_stats
 from ganops.metrics.fid import FeatureStats, frechet_distance
-from ganops.metrics.inception import FeatureExtractor, exact_fp32, load_feature_extractor
+from ganops.metrics.inception import FEATURE_DIM, FeatureExtractor, exact_fp32, load_feature_extractor
 from ganops.metrics.kid import kernel_inception_distance
 from ganops.metrics.preprocess import quantize_to_uint8
+from ganops.progress import progress_bar
 from ganops.tracking import Logger, NullLogger
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,11 @@ def real_reference(extractor: FeatureExtractor, cfg: EvaluateConfig, prepared_di
 
     def compute() -> FeatureStats:
         stats = FeatureStats(max_kept=min(n, defaults.MAX_KEPT_FEATURES))
-        for i in range(0, n, cfg.batch_size):
-            stats.append(extractor.features(images[i:min(i + cfg.batch_size, n)], cfg.protocol, cfg.batch_size))
+        with progress_bar(total=n, desc=f"Inception features, real ({split})", unit="img") as bar:
+            for i in range(0, n, cfg.batch_size):
+                batch = images[i:min(i + cfg.batch_size, n)]
+                stats.append(extractor.features(batch, cfg.protocol, cfg.batch_size))
+                bar.update(len(batch))
         return stats
 
     ref, cached = ref_stats.get_or_compute(cfg.ref_stats_dir, key, compute)
@@ -75,9 +79,14 @@ def generated_stats(G: torch.nn.Module, extractor: FeatureExtractor, cfg: Evalua
 
     stats = FeatureStats(max_kept=min(cfg.num_samples, defaults.MAX_KEPT_FEATURES))
     device = next(G.parameters()).device  # latents go where G is (the training device for in-training FID)
-    with exact_fp32(device):  # samples as the CPU makes them (no TF32: it moves pixels across uint8 levels)
+    bar = progress_bar(total=cfg.num_samples, desc="Inception features, generated", unit="img")
+    with bar, exact_fp32(device):  # samples as the CPU makes them (no TF32: it moves pixels across uint8 levels)
         for batch in iter_samples(G, cfg.num_samples, seed=seed, batch_size=cfg.batch_size, device=device):
             stats.append(extractor.features(quantize_to_uint8(batch), cfg.protocol, cfg.batch_size))
+            bar.update(len(batch))
+    if cfg.num_samples < FEATURE_DIM:
+        log.warning("FID of %d generated samples (< %d, the feature dimension) is mostly bias: compare it only with "
+                    "FIDs at the same N, or raise evaluate.num_samples", cfg.num_samples, FEATURE_DIM)
     return stats
 
 

@@ -230,3 +230,41 @@ def test_partial_writes_of_a_killed_run_are_removed_on_the_next_start(tmp_path, 
     training_loop(tiny_cfg(run), prepared_dir=prepared, seed=0, progress=False)
     assert not any(p.exists() for p in stale)
     assert all(p.read_bytes() == b"partial" for p in keep)
+
+
+# The modern recipe: RpGAN + R1/R2 on the R3GAN-style pair, cosine schedules, G_ema ramp-up and ADA, all at once.
+_MODERN = dict(arch="r3gan", group_size=4, loss="rpgan", r1_gamma=0.5, r2_gamma=0.5, r1_interval=2,
+               betas_g=(0.0, 0.9), betas_d=(0.0, 0.9), schedule_kimg=0.06, lr_g_end=5e-5, lr_d_end=5e-5,
+               beta2_end=0.99, r1_gamma_end=0.05, r2_gamma_end=0.05, ema_halflife_kimg=0.05,
+               ema_halflife_kimg_end=0.1, ema_rampup=0.5, ada_target=0.05, ada_kimg=0.1, ada_interval=1,
+               ada_policy="translation,cutout")
+
+
+def test_modern_recipe_resume_keeps_ada_p_and_schedules_bit_exact(tmp_path, prepared):
+    full = training_loop(tiny_cfg(tmp_path / "full", total_kimg=0.08, **_MODERN), prepared_dir=prepared, seed=3,
+                         progress=False)
+    training_loop(tiny_cfg(tmp_path / "split", total_kimg=0.04, **_MODERN), prepared_dir=prepared, seed=3,
+                  progress=False)
+    half = _state(tmp_path / "split")["augment"]["ada"]
+    out = training_loop(tiny_cfg(tmp_path / "split", total_kimg=0.08, **_MODERN), prepared_dir=prepared, seed=3,
+                        progress=False)
+    assert out["resumed_from_step"] == 5 and out["step"] == 10
+    assert 0 < half["p"] and full["ada_p"] == out["ada_p"] > 0  # ADA moved p, and the resumed run moved it alike
+    _assert_same_weights(_state(tmp_path / "full"), _state(tmp_path / "split"))
+    for run in ("full", "split"):
+        lines = [json.loads(x) for x in (tmp_path / run / "stats.jsonl").read_text().splitlines() if "loss_G" in x]
+        assert [e["step"] for e in lines] == list(range(1, 11))
+        assert {"r1", "r2", "lr_G", "ada_p"} <= set().union(*lines)
+    stats = lambda run: [x for x in (tmp_path / run / "stats.jsonl").read_text().splitlines() if "loss_G" in x]
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k not in ("sec_per_step", "images_per_s")}
+                           for x in lines]
+    assert strip(stats("full")) == strip(stats("split"))  # losses, lr, gamma, p: the same at every step
+    lr = [json.loads(x)["lr_G"] for x in stats("full")]
+    assert lr[0] > lr[-1] == pytest.approx(5e-5)  # the cosine reached its end value at schedule_kimg
+
+
+def test_modern_recipe_dcgan_pair_trains_with_r1_and_r2(tmp_path, prepared):
+    out = training_loop(tiny_cfg(tmp_path / "m", loss="rpgan", r1_gamma=1.0, r2_gamma=1.0, r1_interval=1,
+                                 spectral_norm=True), prepared_dir=prepared, seed=0, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "m" / "stats.jsonl").read_text().splitlines() if "loss_G" in x]
+    assert all(e["r1"] > 0 and e["r2"] > 0 for e in lines) and out["step"] == 5

@@ -242,3 +242,31 @@ def test_report_link_to_the_mlflow_run_never_carries_a_password(pipeline):
     url = pipeline._mlflow_run_url("https://alice:s3cr3t@mlflow.example.org:5000/", "7", "abc123")
     assert url == "https://alice:***@mlflow.example.org:5000/#/experiments/7/runs/abc123"
     assert pipeline._mlflow_run_url("sqlite:////tmp/mlflow.db", "1", "r").startswith("http://127.0.0.1:5000/#/")
+
+
+def test_stream_lines_delivers_lines_while_the_stage_runs(pipeline):
+    # The child prints a line, then waits until the parent has seen it: only a streaming reader can pass this.
+    import subprocess
+    import tempfile
+    import time
+
+    flag = Path(tempfile.mkdtemp()) / "seen"
+    script = ("import sys, time, pathlib\n"
+              "print('first line', flush=True)\n"
+              "sys.stderr.write('bar 10%\\rbar 50%\\rbar 100%\\n'); sys.stderr.flush()\n"
+              f"p = pathlib.Path({str(flag)!r})\n"
+              "t = time.time()\n"
+              "while not p.exists() and time.time() - t < 20: time.sleep(0.05)\n"
+              "print('saw flag' if p.exists() else 'no flag', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen: list[str] = []
+
+    def on_line(line: str) -> None:
+        seen.append(line)
+        if line == "first line":
+            flag.touch()
+
+    t0 = time.time()
+    output = pipeline.stream_lines(proc, on_line)
+    assert seen == ["first line", "bar 10%", "bar 50%", "bar 100%", "saw flag"]
+    assert proc.returncode == 0 and "saw flag" in output and time.time() - t0 < 20

@@ -131,9 +131,14 @@ def _side(source: str, extractor: FeatureExtractor, *, protocol: str, num_sample
         return _Side(n=-1, mu=mu, sigma=sigma, features=None)
     if loaded.shape[0] < 2:
         raise ValueError(f"{source}: {loaded.shape[0]} image(s); FID/KID need at least 2")
+    from ganops.progress import progress_bar
+
     stats = FeatureStats(max_kept=defaults.MAX_KEPT_FEATURES)
-    for i in range(0, loaded.shape[0], batch_size):
-        stats.append(extractor.features(loaded[i:i + batch_size], protocol, batch_size))
+    with progress_bar(total=loaded.shape[0], desc=f"Inception features, {Path(source).name or source}",
+                      unit="img") as bar:
+        for i in range(0, loaded.shape[0], batch_size):
+            stats.append(extractor.features(loaded[i:i + batch_size], protocol, batch_size))
+            bar.update(min(batch_size, loaded.shape[0] - i))
     return _Side(stats.n, stats.mean, stats.cov, stats.kept_features)
 
 

@@ -164,13 +164,12 @@ class AdaptiveAugment:
 
     def state_dict(self) -> dict:
         return {"p": self.p, "sign_sum": float(self._sign_sum) if self._sign_sum is not None else 0.0,
-                "count": self._count, "steps": self._steps,
-                "last_rt": self.last_rt if self.last_rt is not None else float("nan")}
+                "count": self._count, "steps": self._steps, "last_rt": self.last_rt}
 
     def load_state_dict(self, state: dict) -> None:
         self.p, self._count, self._steps = float(state["p"]), int(state["count"]), int(state["steps"])
         self._sign_sum = torch.tensor(float(state["sign_sum"])) if self._steps else None
-        self.last_rt = None if state["last_rt"] != state["last_rt"] else float(state["last_rt"])
+        self.last_rt = None if state["last_rt"] is None else float(state["last_rt"])
 
 
 __all__ = ["POLICIES", "AdaptiveAugment", "color", "cutout", "diff_augment", "parse_policy", "translation"]

@@ -35,13 +35,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ganops.config import ConfigError, TrainConfig
 from ganops.data.dataset import load_split, load_summary
 from ganops.io import remove_stale_temps, sha256_file, write_json
 from ganops.losses import get_loss
 from ganops.models import arch_kwargs, build_D, build_G, check_arch
+from ganops.progress import progress_bar
 from ganops.tracking import Logger, NullLogger
 from ganops.training import distributed as ddp
 from ganops.training import state as st
@@ -274,6 +274,7 @@ def training_loop(
     logger: Logger = NullLogger(),
     metric_fn: MetricFn | None = None,
     progress: bool = True,
+    on_step: Callable[[int, int, torch.nn.Module], bool] | None = None,
 ) -> dict[str, Any]:
     """Train G and D on the prepared train split; write and return the ``train.json`` summary.
 
@@ -290,6 +291,9 @@ def training_loop(
         metric_fn: optional ``G_ema -> {"fid": ..., ...}``, called every ``eval_every_kimg`` and at the end; then
             ``network-snapshot.pt`` is the snapshot with the lowest ``fid``.
         progress: show a tqdm bar in kimg (images/s, losses, ETA).
+        on_step: optional ``on_step(step, cur_nimg, G_ema) -> stop`` called after every step (benchmarks use it to
+            keep G_ema at fixed wall-clock points); a true result ends training after this step, with the end's
+            grid and checkpoint, as if total_kimg had been reached.
     Returns:
         dict: step, kimg, wall_time_s, loss_G, loss_D, snapshot_sha256, best_fid, ... (also in train.json).
     Raises:
@@ -365,9 +369,9 @@ def training_loop(
     saved_step = run.step if resumed_from_step is not None else None
     window_s, window_steps = 0.0, 0
     # initial is capped at total: tqdm drops the total (and fails on the bar format) once n >= total + 0.5.
-    pbar = tqdm(total=cfg.total_kimg, initial=min(run.cur_nimg / 1000, cfg.total_kimg), unit="kimg",
-                disable=not progress, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}"
-                                                 "{postfix}]")
+    pbar = progress_bar(total=cfg.total_kimg, initial=min(run.cur_nimg / 1000, cfg.total_kimg), desc="train",
+                        unit="kimg", disable=not progress,
+                        bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}{postfix}]")
     while run.cur_nimg < total_nimg:
         # Data and step: indices from the seeded data generator, hyper-parameters from the schedules.
         t_step = time.perf_counter()
@@ -390,7 +394,8 @@ def training_loop(
 
         # Logging: stats.jsonl, the logger, the progress bar's postfix.
         run.last = {k: values[k] for k in STAT_KEYS if k in values}
-        done = run.cur_nimg >= total_nimg
+        stop = bool(on_step is not None and on_step(run.step, run.cur_nimg, run.G_ema))
+        done = run.cur_nimg >= total_nimg or stop
         if run.step % cfg.log_every_steps == 0 or done:
             sec_per_step = window_s / window_steps
             entry = {"step": run.step, "kimg": run.cur_nimg / 1000,
@@ -415,6 +420,8 @@ def training_loop(
         if do_checkpoint:
             run.checkpoint(t_start)
             saved_step = run.step
+        if stop:
+            break
     pbar.close()
 
     # ---- Summary ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,272 @@
+"""Time to quality: recipes trained against a wall-clock budget, side by side, each pinned to one CPU core.
+
+Every contender trains for ``--budget-min`` minutes of training wall-clock and keeps a G snapshot at each of
+``--points-min``; afterwards each snapshot gets FID under the Lucic et al. 2018 protocol (generated samples vs the
+10,000 Fashion-MNIST test images, TF-Inception pool3, ``legacy_tensorflow`` resize; the test statistics are computed
+once and cached) and, at each contender's last point, improved precision / recall (Kynkäänniemi et al. 2019) and
+density / coverage (Naeem et al. 2020) on the same features, so a recipe that drops modes shows it.
+
+Contenders (``CONTENDERS``): ganops recipes, run through ``ganops.training.loop.training_loop`` with params.yaml's
+train section plus the recipe's overrides; and ``reference``, the pytorch/examples-style DCGAN loop of
+``benchmarks/reference_dcgan.py`` (raw G, as that example has no EMA). Training wall-clock counts everything the loop
+does (data loading, steps, grids, checkpoints) except the benchmark's own snapshot writes.
+
+    .venv/bin/python benchmarks/bench_time_to_quality.py run --contenders default,reference --budget-min 15 \
+        --points-min 3.75,7.5,15 --num-samples 10000        # trains both at once (cores 0 and 1), then evaluates
+    .venv/bin/python benchmarks/bench_time_to_quality.py evaluate --num-samples 10000   # re-evaluate kept snapshots
+
+Outputs (under ``--out``, default ``benchmarks/ttq``): ``<contender>/t<seconds>.pt`` snapshots,
+``<contender>/train.json``, and ``results.json``; the JSON summary also goes to stdout, the table to
+``benchmarks/ttq_results.md`` and the plot (FID against training minutes, log scale) to ``benchmarks/ttq.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from machine_info import machine  # noqa: E402
+
+# name -> (description, train.* overrides on params.yaml); "reference" is the pytorch/examples loop.
+CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("params.yaml's train section as it is", {}),
+    "dcgan64": ("the DCGAN of the Lucic preset: widths 64, NS loss, BN, Adam(2e-4, 0.5, 0.999), G_ema 10 kimg",
+                dict(arch="dcgan", ngf=64, ndf=64, z_dim=100, loss="non_saturating", lr_g=2e-4, lr_d=2e-4,
+                     betas_g=(0.5, 0.999), betas_d=(0.5, 0.999), batch_size=64, ema_halflife_kimg=10.0,
+                     ema_rampup=None, r1_gamma=0.0, r2_gamma=0.0, schedule_kimg=0.0, spectral_norm=False)),
+    "r3gan": ("R3GAN-style pair (width 16) with RpGAN + R1/R2 (gamma 0.1, lazy 4), Adam(2e-4, 0, 0.99)",
+              dict(arch="r3gan", ngf=16, ndf=16, z_dim=64, loss="rpgan", r1_gamma=0.1, r2_gamma=0.1, r1_interval=4,
+                   lr_g=2e-4, lr_d=2e-4, betas_g=(0.0, 0.99), betas_d=(0.0, 0.99), batch_size=64,
+                   ema_halflife_kimg=10.0, ema_rampup=0.05, spectral_norm=False)),
+    "reference": ("pytorch/examples DCGAN loop (widths 64, BCE, Adam(2e-4, 0.5, 0.999), batch 64, DataLoader)", {}),
+}
+LUCIC_BEST_FID = 21.5  # Lucic et al. 2018, Fashion-MNIST, WGAN after their search
+
+
+def _points(text: str) -> list[float]:
+    try:
+        pts = sorted(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise SystemExit(f"--points-min must be a comma list of minutes, got {text!r}") from None
+    if not pts or pts[0] <= 0:
+        raise SystemExit(f"--points-min needs positive minutes, got {text!r}")
+    return pts
+
+
+class _Clock:
+    """Training wall-clock minus the benchmark's own snapshot time; saves a snapshot at each point."""
+
+    def __init__(self, out: Path, points_min: list[float], save):
+        self.t0, self.excluded, self.out, self.save = time.perf_counter(), 0.0, out, save
+        self.pending = [p * 60 for p in points_min]
+        self.kept: list[dict] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0 - self.excluded
+
+    def tick(self, step: int, nimg: int, G: torch.nn.Module) -> bool:
+        t = self.elapsed()
+        while self.pending and t >= self.pending[0]:
+            t_s = self.pending.pop(0)
+            t_save = time.perf_counter()
+            path = self.out / f"t{int(round(t_s)):05d}.pt"
+            self.save(path, G, step, nimg)
+            self.kept.append({"point_s": t_s, "train_s": round(t, 2), "step": step, "kimg": nimg / 1000,
+                              "snapshot": path.name})
+            self.excluded += time.perf_counter() - t_save
+        return not self.pending
+
+
+def _prepared_dir() -> Path:
+    from ganops.config import load_params
+
+    return ROOT / load_params(ROOT / "params.yaml").prepare.out_dir
+
+
+def train_ganops(name: str, out: Path, points_min: list[float], seed: int) -> dict:
+    from ganops.config import load_params
+    from ganops.training.loop import training_loop
+    from ganops.training.snapshot import save_snapshot
+
+    base = load_params(ROOT / "params.yaml").train.model_dump()
+    overrides = CONTENDERS[name][1]
+    cfg_d = {**base, **overrides, "total_kimg": 1e6, "num_threads": 1, "device": "cpu", "run_dir": str(out / "run"),
+             "eval_every_kimg": 0.0, "on_config_change": "restart", "checkpoint_every_kimg": 100.0,
+             "sample_every_kimg": 100.0}
+    from ganops.config import TrainConfig
+
+    cfg = TrainConfig(**cfg_d)
+    meta: dict[str, Any] = {}
+
+    def save(path: Path, G_ema, step: int, nimg: int) -> None:
+        kwargs = dict(z_dim=G_ema.z_dim, resolution=G_ema.resolution, channels=G_ema.channels, num_classes=0)
+        from ganops.models import arch_kwargs
+
+        G_kwargs = dict(kwargs, ngf=cfg.ngf, **arch_kwargs(cfg.arch, cfg))
+        save_snapshot(path, G_ema, dict(arch=cfg.arch, G_kwargs=G_kwargs, **G_kwargs, kimg=nimg / 1000, step=step,
+                                        contender=name))
+        meta["last"] = path.name
+
+    clock = _Clock(out, points_min, save)
+    summary = training_loop(cfg, prepared_dir=_prepared_dir(), seed=seed, progress=False, on_step=clock.tick)
+    return {"contender": name, "points": clock.kept, "images_per_s": summary["kimg"] * 1000 / clock.elapsed(),
+            "config": {k: v for k, v in cfg.model_dump(mode="json").items() if k in overrides or k in ("arch",)}}
+
+
+def train_reference(out: Path, points_min: list[float], seed: int) -> dict:
+    from reference_dcgan import reference_train
+
+    from ganops.data.dataset import load_split
+    from ganops.models import build_G
+    from ganops.training.snapshot import save_snapshot
+
+    def save(path: Path, G_ref, step: int, nimg: int) -> None:
+        G = build_G("dcgan", z_dim=100, ngf=64, resolution=28, channels=1, num_classes=0)
+        G.net.load_state_dict(G_ref.main.state_dict())  # the same layers (reference_dcgan.example_networks)
+        G_kwargs = dict(z_dim=100, ngf=64, resolution=28, channels=1, num_classes=0)
+        save_snapshot(path, G, dict(arch="dcgan", G_kwargs=G_kwargs, **G_kwargs, kimg=nimg / 1000, step=step,
+                                    contender="reference"))
+
+    clock = _Clock(out, points_min, lambda path, G, step, nimg: save(path, G, step, nimg))
+    images, _ = load_split(_prepared_dir(), "train")
+    torch.set_num_threads(1)
+    _, stats = reference_train(images, steps=10**9, seed=seed, stop_fn=lambda step, G: clock.tick(step, step * 64, G))
+    n_steps = len(stats["sec_per_step"])
+    return {"contender": "reference", "points": clock.kept, "images_per_s": n_steps * 64 / clock.elapsed()}
+
+
+def evaluate(out: Path, num_samples: int, seed: int, contenders: list[str] | None,
+             num_real: int = 10_000) -> dict[str, list[dict]]:
+    """FID (num_samples generated vs the first num_real test images, 10k = all) of every kept snapshot; P/R and
+    D/C at the last one."""
+    from ganops.config import EvaluateConfig
+    from ganops.evaluate import _extractor, generated_stats, real_reference
+    from ganops.metrics.fid import frechet_distance
+    from ganops.metrics.prdc import density_coverage, precision_recall
+    from ganops.training.snapshot import load_generator
+    from tqdm.auto import tqdm
+
+    cfg = EvaluateConfig(num_samples=num_samples, protocol="legacy_tensorflow", device="cpu",
+                         ref_stats_dir=str(ROOT / "cache" / "ref_stats"))
+    extractor = _extractor(cfg)
+    real = real_reference(extractor, cfg, _prepared_dir(), num_images=num_real)
+    results: dict[str, list[dict]] = {}
+    for cdir in sorted(p for p in out.iterdir() if (p / "train.json").is_file()):
+        if contenders and cdir.name not in contenders:
+            continue
+        info = json.loads((cdir / "train.json").read_text())
+        rows = []
+        for i, point in enumerate(tqdm(info["points"], desc=f"FID {cdir.name}", unit="snapshot")):
+            G, _ = load_generator(cdir / point["snapshot"])
+            t = time.time()
+            fake = generated_stats(G, extractor, cfg, seed)
+            row = {**point, "fid": frechet_distance(fake.mean, fake.cov, real.mu, real.sigma),
+                   "num_generated": fake.n, "num_real": real.n, "eval_s": round(time.time() - t, 1)}
+            if i == len(info["points"]) - 1:
+                n = min(len(fake.kept_features), len(real.features))
+                row.update(precision_recall(real.features[:n], fake.kept_features[:n]),
+                           **density_coverage(real.features[:n], fake.kept_features[:n]), prdc_n=n)
+            rows.append(row)
+            print(json.dumps({"contender": cdir.name, **row}), flush=True)
+        results[cdir.name] = rows
+    return results
+
+
+def _plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rows in results.items():
+        ax.plot([r["train_s"] / 60 for r in rows], [r["fid"] for r in rows], marker="o", label=name)
+    ax.axhline(LUCIC_BEST_FID, color="grey", ls="--", lw=0.8, label="Lucic et al. 2018 best (21.5)")
+    ax.set(xscale="log", yscale="log", xlabel="training wall-clock (min, one core each)", ylabel="FID", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _table(results: dict[str, list[dict]], header: str) -> str:
+    lines = [header, "", "| contender | train min | kimg | FID | N gen / real | precision | recall | density | "
+             "coverage |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, rows in results.items():
+        for r in rows:
+            pr = [f"{r[k]:.3f}" if k in r else "" for k in ("precision", "recall", "density", "coverage")]
+            lines.append(f"| {name} | {r['train_s'] / 60:.2f} | {r['kimg']:.1f} | {r['fid']:.2f} | "
+                         f"{r['num_generated']} / {r['num_real']} | {' | '.join(pr)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", choices=["run", "train", "evaluate"])
+    ap.add_argument("--contenders", default="default,reference",
+                    help=f"comma list of {', '.join(CONTENDERS)} (run: at most 2, one per core)")
+    ap.add_argument("--budget-min", type=float, default=15.0)
+    ap.add_argument("--points-min", default=None, help="snapshot points in training minutes (default: budget/4, "
+                    "budget/2, budget)")
+    ap.add_argument("--num-samples", type=int, default=10_000, help="generated samples per FID")
+    ap.add_argument("--num-real", type=int, default=10_000, help="test images per FID (10k = Lucic protocol)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=HERE / "ttq")
+    a = ap.parse_args(argv)
+    names = [n.strip() for n in a.contenders.split(",") if n.strip()]
+    bad = [n for n in names if n not in CONTENDERS]
+    if bad:
+        raise SystemExit(f"unknown contender(s) {bad}; valid: {', '.join(CONTENDERS)}")
+    points = _points(a.points_min or f"{a.budget_min / 4},{a.budget_min / 2},{a.budget_min}")
+    if points[-1] > a.budget_min:
+        raise SystemExit(f"--points-min {points} go past --budget-min {a.budget_min}")
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    if a.command == "train":  # one contender, in this process (run pins it to a core)
+        (name,) = names
+        cdir = a.out / name
+        cdir.mkdir(exist_ok=True)
+        info = train_reference(cdir, points, a.seed) if name == "reference" else train_ganops(name, cdir, points,
+                                                                                              a.seed)
+        (cdir / "train.json").write_text(json.dumps(info, indent=1))
+        print(json.dumps(info), flush=True)
+        return
+    if a.command == "run":
+        if len(names) > 2:
+            raise SystemExit("run trains at most 2 contenders at once (one per core); use train for more")
+        t0 = time.time()
+        procs = [subprocess.Popen(["taskset", "-c", str(i), sys.executable, __file__, "train", "--contenders", n,
+                                   "--budget-min", str(a.budget_min), "--points-min", ",".join(map(str, points)),
+                                   "--seed", str(a.seed), "--out", str(a.out)],
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"}) for i, n in enumerate(names)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise SystemExit(f"training failed (exit codes {codes})")
+        print(f"trained {names} in {time.time() - t0:.0f} s", file=sys.stderr)
+    results = evaluate(a.out, a.num_samples, a.seed, names, a.num_real)
+    info = machine()
+    header = (f"Measured {dt.date.today()} on {info['cpu']} ({info['cpu_capability']}), one core per contender, "
+              f"FID of {a.num_samples} G samples vs {a.num_real} Fashion-MNIST test images (Lucic protocol at "
+              "10,000 vs 10,000).")
+    out = {"date": str(dt.date.today()), "machine": info, "num_samples": a.num_samples, "num_real": a.num_real,
+           "contenders": {n: CONTENDERS[n][0] for n in results}, "results": results}
+    (a.out / "results.json").write_text(json.dumps(out, indent=1))
+    (HERE / "ttq_results.md").write_text(_table(results, header))
+    _plot(results, HERE / "ttq.png", f"time to quality, {info['cpu']}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
