@@ -66,8 +66,8 @@ def test_missing_or_malformed_preset(bq, tmp_path, text, expected):
     ("=hinge", "expected KEY=VALUE"),
     ("trian.loss=hinge", "'trian' is not a params section"),
     ("train.lossx=hinge", "train.lossx: Extra inputs are not permitted"),
-    ("train.loss=hinges", "unknown train.loss 'hinges'; valid: hinge, lsgan, minimax, non_saturating, wgan_gp"),
-    ("train.arch=stylegan", "unknown train.arch 'stylegan'; valid: dcgan, resnet"),
+    ("train.loss=hinges", "unknown train.loss 'hinges'; valid: hinge, lsgan, minimax, non_saturating, rpgan, wgan_gp"),
+    ("train.arch=stylegan", "unknown train.arch 'stylegan'; valid: dcgan, r3gan, resnet"),
     ("train.total_kimg=0", "train.total_kimg: Input should be greater than 0"),
     ("train.diffaugment=rotate", "unknown DiffAugment policy ['rotate']"),
 ])

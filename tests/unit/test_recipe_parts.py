@@ -61,8 +61,8 @@ def test_r1_and_r2_match_the_closed_form_gradient():
     D = _Quadratic((1, 3, 3))
     x = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(1))
     expected = ((2 * D.a * x + D.w) ** 2).flatten(1).sum(1).mean()
-    assert float(r1_penalty(D, x).detach()) == pytest.approx(float(expected), rel=1e-6)
-    assert float(r2_penalty(D, x).detach()) == pytest.approx(float(expected), rel=1e-6)
+    assert float(r1_penalty(D, x).detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    assert float(r2_penalty(D, x).detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
 
 
 def test_r2_gradient_reaches_D_not_the_fakes():
