@@ -149,7 +149,7 @@ def train_reference(out: Path, points_min: list[float], seed: int) -> dict:
 
 
 def evaluate(out: Path, num_samples: int, seed: int, contenders: list[str] | None,
-             num_real: int = 10_000) -> dict[str, list[dict]]:
+             num_real: int = 10_000, only_min: list[float] | None = None) -> dict[str, list[dict]]:
     """FID (num_samples generated vs the first num_real test images, 10k = all) of every kept snapshot; P/R and
     D/C at the last one."""
     from ganops.config import EvaluateConfig
@@ -168,14 +168,15 @@ def evaluate(out: Path, num_samples: int, seed: int, contenders: list[str] | Non
         if contenders and cdir.name not in contenders:
             continue
         info = json.loads((cdir / "train.json").read_text())
+        points = [p for p in info["points"] if not only_min or any(abs(p["point_s"] - m * 60) < 1 for m in only_min)]
         rows = []
-        for i, point in enumerate(tqdm(info["points"], desc=f"FID {cdir.name}", unit="snapshot")):
+        for i, point in enumerate(tqdm(points, desc=f"FID {cdir.name}", unit="snapshot")):
             G, _ = load_generator(cdir / point["snapshot"])
             t = time.time()
             fake = generated_stats(G, extractor, cfg, seed)
             row = {**point, "fid": frechet_distance(fake.mean, fake.cov, real.mu, real.sigma),
                    "num_generated": fake.n, "num_real": real.n, "eval_s": round(time.time() - t, 1)}
-            if i == len(info["points"]) - 1:
+            if i == len(points) - 1:
                 n = min(len(fake.kept_features), len(real.features))
                 row.update(precision_recall(real.features[:n], fake.kept_features[:n]),
                            **density_coverage(real.features[:n], fake.kept_features[:n]), prdc_n=n)
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                     "budget/2, budget)")
     ap.add_argument("--num-samples", type=int, default=10_000, help="generated samples per FID")
     ap.add_argument("--num-real", type=int, default=10_000, help="test images per FID (10k = Lucic protocol)")
+    ap.add_argument("--eval-points-min", default=None, help="evaluate only these of the kept points (minutes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE / "ttq")
     a = ap.parse_args(argv)
@@ -255,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         if any(codes):
             raise SystemExit(f"training failed (exit codes {codes})")
         print(f"trained {names} in {time.time() - t0:.0f} s", file=sys.stderr)
-    results = evaluate(a.out, a.num_samples, a.seed, names, a.num_real)
+    only = _points(a.eval_points_min) if a.eval_points_min else None
+    results = evaluate(a.out, a.num_samples, a.seed, names, a.num_real, only)
     info = machine()
     header = (f"Measured {dt.date.today()} on {info['cpu']} ({info['cpu_capability']}), one core per contender, "
               f"FID of {a.num_samples} G samples vs {a.num_real} Fashion-MNIST test images (Lucic protocol at "

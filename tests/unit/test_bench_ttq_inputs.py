@@ -1,0 +1,50 @@
+"""benchmarks/bench_time_to_quality.py: bad input stops before any training; the wall-clock snapshot clock."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.scripts import load_benchmark
+
+
+@pytest.fixture()
+def ttq():
+    return load_benchmark("bench_time_to_quality")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--contenders", "default,stylegan"], "unknown contender(s) ['stylegan']"),
+    (["run", "--contenders", "default,reference,r3gan"], "at most 2 contenders"),
+    (["run", "--budget-min", "4", "--points-min", "2,8"], "go past --budget-min"),
+    (["run", "--points-min", "soon"], "comma list of minutes"),
+    (["run", "--points-min", "0,2"], "positive minutes"),
+])
+def test_bad_arguments_stop_before_training(ttq, tmp_path, monkeypatch, argv, message):
+    monkeypatch.setattr(ttq.subprocess, "Popen", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(SystemExit) as info:
+        ttq.main([*argv, "--out", str(tmp_path)])
+    assert message in str(info.value)
+
+
+def test_clock_keeps_a_snapshot_at_each_point_and_excludes_its_own_time(ttq, tmp_path, monkeypatch):
+    now = {"t": 100.0}
+    monkeypatch.setattr(ttq.time, "perf_counter", lambda: now["t"])
+    saved = []
+
+    def save(path, G, step, nimg):
+        saved.append((path.name, step, nimg))
+        now["t"] += 5.0  # writing the snapshot takes 5 s, which must not count as training
+
+    clock = ttq._Clock(tmp_path, [1.0, 2.0], save)
+    G = torch.nn.Linear(1, 1)
+    now["t"] = 159.0
+    assert not clock.tick(10, 640, G) and saved == []
+    now["t"] = 160.5
+    assert not clock.tick(11, 704, G) and saved == [("t00060.pt", 11, 704)]
+    now["t"] = 222.0  # 122 s since start, 5 s of it saving: 117 s of training, not yet 120
+    assert not clock.tick(12, 768, G)
+    now["t"] = 225.5
+    assert clock.tick(13, 832, G)  # the last point reached: stop
+    assert [s[0] for s in saved] == ["t00060.pt", "t00120.pt"]
+    assert [p["kimg"] for p in clock.kept] == [0.704, 0.832] and clock.kept[1]["train_s"] == pytest.approx(120.5)
