@@ -15,9 +15,10 @@ does (data loading, steps, grids, checkpoints) except the benchmark's own snapsh
         --points-min 3.75,7.5,15 --num-samples 10000        # trains both at once (cores 0 and 1), then evaluates
     .venv/bin/python benchmarks/bench_time_to_quality.py evaluate --num-samples 10000   # re-evaluate kept snapshots
 
-Outputs (under ``--out``, default ``benchmarks/ttq``): ``<contender>/t<seconds>.pt`` snapshots,
-``<contender>/train.json``, and ``results.json``; the JSON summary also goes to stdout, the table to
-``benchmarks/ttq_results.md`` and the plot (FID against training minutes, log scale) to ``benchmarks/ttq.png``.
+Outputs: under ``--out`` (default ``benchmarks/ttq``, not versioned) the ``<contender>/t<seconds>.pt`` snapshots and
+``<contender>/train.json``, so an evaluation can be redone without retraining; the results go to
+``benchmarks/ttq_results.json`` and stdout, the table to ``benchmarks/ttq_results.md`` and the plot (FID against
+training minutes, log scales) to ``benchmarks/ttq.png``.
 """
 
 from __future__ import annotations
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
               "10,000 vs 10,000).")
     out = {"date": str(dt.date.today()), "machine": info, "num_samples": a.num_samples, "num_real": a.num_real,
            "contenders": {n: CONTENDERS[n][0] for n in results}, "results": results}
-    (a.out / "results.json").write_text(json.dumps(out, indent=1))
+    (HERE / "ttq_results.json").write_text(json.dumps(out, indent=1))
     (HERE / "ttq_results.md").write_text(_table(results, header))
     _plot(results, HERE / "ttq.png", f"time to quality, {info['cpu']}")
     print(json.dumps(out))

@@ -99,7 +99,8 @@ def test_step_hyper_reads_every_schedule():
                       beta2_end=0.99, r1_gamma=1.0, r1_gamma_end=0.1, r2_gamma=1.0, r2_gamma_end=0.1,
                       ema_halflife_kimg=1.0, ema_halflife_kimg_end=3.0, schedule_kimg=10.0, batch_size=32)
     h0, h_end = step_hyper(cfg, 0), step_hyper(cfg, 10_000)
-    assert (h0.lr_g, h0.lr_d, h0.beta2_g, h0.r1_gamma, h0.ema_halflife_kimg) == pytest.approx((2e-4, 4e-4, 0.9, 1.0, 1.0))
+    start = (h0.lr_g, h0.lr_d, h0.beta2_g, h0.r1_gamma, h0.ema_halflife_kimg)
+    assert start == pytest.approx((2e-4, 4e-4, 0.9, 1.0, 1.0))
     assert (h_end.lr_g, h_end.lr_d, h_end.beta2_d, h_end.r2_gamma) == pytest.approx((1e-4, 1e-4, 0.99, 0.1))
     assert h_end.ema_beta == pytest.approx(0.5 ** (32 / 3000))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ganops.models.layers import ProjectionHead, check_labels, dcgan_init_, maybe_sn, resolution_plan
+from ganops.models.layers import ProjectionHead, check_labels, dcgan_init_, latent_input, maybe_sn, resolution_plan
 
 
 class DCGANGenerator(nn.Module):
@@ -41,12 +41,7 @@ class DCGANGenerator(nn.Module):
         dcgan_init_(self)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        if z.dim() != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"z must have shape (N, {self.z_dim}) (N latent vectors of z_dim {self.z_dim}), got "
-                             f"{tuple(z.shape)}; draw it as torch.randn(N, G.z_dim)")
-        check_labels(c, self.num_classes, z.shape[0])
-        if self.embed is not None:
-            z = torch.cat([z, self.embed(c)], dim=1)
+        z = latent_input(z, c, self.z_dim, self.num_classes, self.embed)
         return self.net[1:](project_z(z, self.net[0].weight))
 
 

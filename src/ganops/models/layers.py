@@ -81,6 +81,21 @@ class ConditionalBatchNorm2d(nn.Module):
         return h * self.gamma(c)[:, :, None, None] + self.beta(c)[:, :, None, None]
 
 
+def latent_input(z: torch.Tensor, c: torch.Tensor | None, z_dim: int, num_classes: int,
+                 embed: nn.Module | None) -> torch.Tensor:
+    """Validate a generator's inputs and return its latent input: z float (N, z_dim), or ``[z, embed(c)]``
+    (N, 2 * z_dim) for a conditional G (class embedding concatenated to z).
+
+    Raises:
+        ValueError: z not (N, z_dim), or bad labels (see :func:`check_labels`).
+    """
+    if z.dim() != 2 or z.shape[1] != z_dim:
+        raise ValueError(f"z must have shape (N, {z_dim}) (N latent vectors of z_dim {z_dim}), got "
+                         f"{tuple(z.shape)}; draw it as torch.randn(N, G.z_dim)")
+    check_labels(c, num_classes, z.shape[0])
+    return torch.cat([z, embed(c)], dim=1) if embed is not None else z
+
+
 def check_labels(c: torch.Tensor | None, num_classes: int, n: int) -> None:
     """Validate class labels against a network's ``num_classes`` (0 = unconditional).
 

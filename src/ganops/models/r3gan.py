@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganops.models.layers import ProjectionHead, check_labels, resolution_plan
+from ganops.models.layers import ProjectionHead, check_labels, latent_input, resolution_plan
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0 / (1.0 + LRELU_SLOPE**2))  # He gain for leaky ReLU(0.2)
@@ -121,12 +121,7 @@ class R3GANGenerator(nn.Module):
         self.to_image = _conv1x1(widths[-1], channels, LRELU_GAIN)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        if z.dim() != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"z must have shape (N, {self.z_dim}) (N latent vectors of z_dim {self.z_dim}), got "
-                             f"{tuple(z.shape)}; draw it as torch.randn(N, G.z_dim)")
-        check_labels(c, self.num_classes, z.shape[0])
-        if self.embed is not None:
-            z = torch.cat([z, self.embed(c)], dim=1)
+        z = latent_input(z, c, self.z_dim, self.num_classes, self.embed)
         x = self.basis(z).view(-1, self.width0, self.base, self.base)
         for i, stage in enumerate(self.stages):
             if i > 0:
