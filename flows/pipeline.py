@@ -19,6 +19,7 @@ temporary local one), or deploy it (``prefect.yaml``, ``flows/serve.py``; see RE
 from __future__ import annotations
 
 import argparse
+import codecs
 import inspect
 import io
 import json
@@ -222,24 +223,47 @@ def stage_env(run_id: str | None) -> dict[str, str]:
     return env
 
 
+MAX_LINE_CHARS = 10_000  # a longer run without a line break is passed on in pieces of this size
+
+
 def stream_lines(proc: subprocess.Popen, on_line) -> str:
     """Read ``proc``'s merged stdout/stderr as it comes and call ``on_line(line)`` for each line; a carriage-return
-    redraw (a progress bar in a terminal) counts as a line too. Returns the whole output."""
+    redraw (a progress bar in a terminal) counts as a line too, and a run of more than ``MAX_LINE_CHARS`` without a
+    break is passed on in pieces. UTF-8 is decoded incrementally (a character split between reads stays whole).
+    Returns the whole output. If ``on_line`` raises, the child is killed and waited for before the error goes on."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     chunks: list[str] = []
     pending = ""
     assert proc.stdout is not None
-    for block in iter(lambda: proc.stdout.read1(4096), b""):  # read1: whatever has arrived, up to 4 KiB
-        text = block.decode(errors="replace")
-        chunks.append(text)
-        pending += text
-        *lines, pending = re.split(r"\r\n|\r|\n", pending)
-        for line in lines:
-            if line.strip():
-                on_line(line)
-    if pending.strip():
-        on_line(pending)
-    proc.wait()
+    try:
+        for block in iter(lambda: proc.stdout.read1(4096), b""):  # read1: whatever has arrived, up to 4 KiB
+            text = decoder.decode(block)
+            chunks.append(text)
+            pending = _emit_lines(pending + text, on_line)
+        pending = (pending + decoder.decode(b"", final=True)).rstrip("\r")
+        if pending.strip():
+            on_line(pending)
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        proc.wait()
     return "".join(chunks)
+
+
+def _emit_lines(buffer: str, on_line) -> str:
+    """Pass every complete line of ``buffer`` to ``on_line``; return the unfinished rest (at most MAX_LINE_CHARS,
+    plus a trailing \\r that may be the first half of a CRLF: the next read decides)."""
+    hold_cr = buffer.endswith("\r")
+    *lines, rest = re.split(r"\r\n|\r|\n", buffer[:-1] if hold_cr else buffer)
+    for line in lines:
+        for i in range(0, len(line), MAX_LINE_CHARS):
+            if line[i:i + MAX_LINE_CHARS].strip():
+                on_line(line[i:i + MAX_LINE_CHARS])
+    while len(rest) > MAX_LINE_CHARS:
+        on_line(rest[:MAX_LINE_CHARS])
+        rest = rest[MAX_LINE_CHARS:]
+    return rest + ("\r" if hold_cr else "")
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_only_transient, cache_policy=NO_CACHE,

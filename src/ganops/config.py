@@ -138,6 +138,22 @@ class TrainConfig(_Strict):
     # anything but total_kimg, the intervals, device/threads/precision), "refuse" resumes with it and warns.
     on_config_change: Literal["refuse", "restart"] = "refuse"
 
+    @model_validator(mode="after")
+    def _schedules_and_ada_complete(self) -> "TrainConfig":
+        ends = {k: getattr(self, k) for k in ("lr_g_end", "lr_d_end", "beta2_end", "r1_gamma_end", "r2_gamma_end",
+                                               "ema_halflife_kimg_end") if getattr(self, k) is not None}
+        if ends and self.schedule_kimg == 0:
+            raise ValueError(f"{', '.join(f'train.{k}' for k in ends)} set but train.schedule_kimg is 0, so the "
+                             "schedule would never run: set schedule_kimg > 0 (the kimg at which the end values are "
+                             "reached) or remove the *_end values")
+        if self.ema_rampup is not None and self.ema_halflife_kimg == 0 and not self.ema_halflife_kimg_end:
+            raise ValueError("train.ema_rampup caps a G_ema half-life, but train.ema_halflife_kimg is 0 (G_ema = G): "
+                             "set ema_halflife_kimg > 0 or ema_rampup: null")
+        if self.ada_target > 0 and not self.ada_policy:
+            raise ValueError("train.ada_target > 0 turns ADA on, but train.ada_policy is empty: name the ops "
+                             "(translation,cutout,color) or set ada_target: 0")
+        return self
+
     @field_validator("betas_g", "betas_d")
     @classmethod
     def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:

@@ -268,3 +268,11 @@ def test_modern_recipe_dcgan_pair_trains_with_r1_and_r2(tmp_path, prepared):
                                  spectral_norm=True), prepared_dir=prepared, seed=0, progress=False)
     lines = [json.loads(x) for x in (tmp_path / "m" / "stats.jsonl").read_text().splitlines() if "loss_G" in x]
     assert all(e["r1"] > 0 and e["r2"] > 0 for e in lines) and out["step"] == 5
+
+
+def test_a_penalty_scheduled_up_from_zero_is_applied_once_its_weight_is_positive(tmp_path, prepared):
+    training_loop(tiny_cfg(tmp_path / "ramp", r1_gamma=0.0, r1_gamma_end=10.0, schedule_kimg=0.016, r1_interval=1),
+                  prepared_dir=prepared, seed=0, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "ramp" / "stats.jsonl").read_text().splitlines() if "loss_G" in x]
+    assert "r1" not in lines[0] and lines[0]["r1_gamma"] == 0.0  # weight 0 at step 1: no penalty computed
+    assert all("r1" in e for e in lines[1:]) and lines[-1]["r1_gamma"] == pytest.approx(10.0)

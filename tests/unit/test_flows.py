@@ -270,3 +270,33 @@ def test_stream_lines_delivers_lines_while_the_stage_runs(pipeline):
     output = pipeline.stream_lines(proc, on_line)
     assert seen == ["first line", "bar 10%", "bar 50%", "bar 100%", "saw flag"]
     assert proc.returncode == 0 and "saw flag" in output and time.time() - t0 < 20
+
+
+def test_stream_lines_keeps_split_utf8_whole_and_cuts_endless_lines(pipeline):
+    import subprocess
+
+    script = ("import sys, time\n"
+              "out = sys.stdout.buffer\n"
+              "for b in 'é€ ok\\n'.encode():\n"
+              "    out.write(bytes([b])); out.flush(); time.sleep(0.002)\n"
+              f"out.write(b'x' * ({pipeline.MAX_LINE_CHARS} * 2 + 5) + b'\\r\\n' + b'last'); out.flush()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen: list[str] = []
+    pipeline.stream_lines(proc, seen.append)
+    assert seen[0] == "é€ ok"
+    assert [len(s) for s in seen[1:4]] == [pipeline.MAX_LINE_CHARS, pipeline.MAX_LINE_CHARS, 5]
+    assert seen[4:] == ["last"]
+
+
+def test_stream_lines_kills_the_child_when_the_consumer_fails(pipeline):
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(60)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def boom(line: str) -> None:
+        raise RuntimeError("consumer failed")
+
+    with pytest.raises(RuntimeError, match="consumer failed"):
+        pipeline.stream_lines(proc, boom)
+    assert proc.returncode is not None  # killed and reaped, not left running

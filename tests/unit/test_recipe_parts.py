@@ -172,3 +172,27 @@ def test_r3gan_blocks_start_as_identity_and_widths_follow_the_stages():
     assert torch.equal(block(h), h)  # Fixup: the residual branch's last layer starts at zero
     with pytest.raises(ValueError, match="no spectral norm"):
         build_D("r3gan", ndf=8, resolution=16, channels=1, num_classes=0, spectral_norm=True)
+
+
+@pytest.mark.parametrize("state,message", [
+    ({"p": float("nan"), "sign_sum": 0.0, "count": 0, "steps": 0, "last_rt": None}, "p must lie in"),
+    ({"p": 5.0, "sign_sum": 0.0, "count": 0, "steps": 0, "last_rt": None}, "p must lie in"),
+    ({"p": 0.1, "sign_sum": 9.0, "count": 0, "steps": 2, "last_rt": None}, "sign_sum"),
+    ({"p": "abc", "sign_sum": 0.0, "count": 0, "steps": 0, "last_rt": None}, "invalid ADA state"),
+    ({"sign_sum": 0.0, "count": 0, "steps": 0, "last_rt": None}, "KeyError"),
+])
+def test_ada_refuses_a_malformed_state_and_keeps_its_own(state, message):
+    ada = _ada(p=0.25)
+    with pytest.raises(ValueError, match=message):
+        ada.load_state_dict(state)
+    assert ada.p == 0.25
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(lr_g_end=1e-5), "train.lr_g_end set but train.schedule_kimg is 0"),
+    (dict(ema_halflife_kimg=0.0, ema_rampup=0.05), "train.ema_rampup caps a G_ema half-life"),
+    (dict(ada_target=0.6, ada_policy=""), "train.ada_policy is empty"),
+])
+def test_config_refuses_settings_that_would_silently_do_nothing(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**overrides)

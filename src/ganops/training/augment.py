@@ -11,6 +11,8 @@ size), ``color`` (brightness for every image; saturation and contrast only for 3
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 POLICIES = ("translation", "cutout", "color")
@@ -151,11 +153,17 @@ class AdaptiveAugment:
         self._steps += 1
 
     def update(self, batch_size: int) -> bool:
-        """After a D step: every ``interval`` steps move p from the accumulated r_t (reads the device once).
+        """After a D step: every ``interval`` steps move p from the accumulated r_t (reads the device once; under
+        ``torch.distributed`` the sums of every rank are added first, so all ranks keep the same p).
         Returns True when p was updated."""
         if not self.policy or self._steps < self.interval:
             return False
-        rt = float(self._sign_sum) / max(self._count, 1)
+        sums = torch.stack([self._sign_sum.double().reshape(()),
+                            torch.tensor(float(self._count), dtype=torch.float64, device=self._sign_sum.device)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)
+        sign_sum, count = sums.tolist()
+        rt = sign_sum / max(count, 1.0)
         adjust = (1.0 if rt > self.target else -1.0 if rt < self.target else 0.0)
         self.p = min(max(self.p + adjust * batch_size * self._steps / (self.speed_kimg * 1000.0), 0.0), 1.0)
         self.last_rt = rt
@@ -167,9 +175,25 @@ class AdaptiveAugment:
                 "count": self._count, "steps": self._steps, "last_rt": self.last_rt}
 
     def load_state_dict(self, state: dict) -> None:
-        self.p, self._count, self._steps = float(state["p"]), int(state["count"]), int(state["steps"])
-        self._sign_sum = torch.tensor(float(state["sign_sum"])) if self._steps else None
-        self.last_rt = None if state["last_rt"] is None else float(state["last_rt"])
+        """Restore :meth:`state_dict`'s output.
+
+        Raises:
+            ValueError: a malformed state (a field missing or of the wrong type, p outside [0, 1] or not finite,
+                negative counts, r_t outside [-1, 1]); nothing is changed then.
+        """
+        try:
+            p, count, steps = float(state["p"]), int(state["count"]), int(state["steps"])
+            sign_sum = float(state["sign_sum"])
+            last_rt = None if state["last_rt"] is None else float(state["last_rt"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"invalid ADA state {state!r:.200}: {type(err).__name__}: {err}") from None
+        ok = (math.isfinite(p) and 0.0 <= p <= 1.0 and count >= 0 and steps >= 0 and math.isfinite(sign_sum)
+              and abs(sign_sum) <= count and (last_rt is None or -1.0 <= last_rt <= 1.0))
+        if not ok:
+            raise ValueError(f"invalid ADA state (p={p}, sign_sum={sign_sum}, count={count}, steps={steps}, "
+                             f"last_rt={last_rt}): p must lie in [0, 1], counts be >= 0 and |sign_sum| <= count")
+        self.p, self._count, self._steps, self.last_rt = p, count, steps, last_rt
+        self._sign_sum = torch.tensor(sign_sum) if steps else None
 
 
 __all__ = ["POLICIES", "AdaptiveAugment", "color", "cutout", "diff_augment", "parse_policy", "translation"]

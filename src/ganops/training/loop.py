@@ -64,8 +64,9 @@ def _guard(name: str, value: float, step: int, limit: float | None = None) -> No
     ``step`` field of stats.jsonl does (the failing step; the one before it is the last that finished)."""
     if not math.isfinite(value):
         raise TrainingDivergedError(
-            f"training diverged in step {step}: {name} is {value}; the last good training-state.pt and snapshots "
-            "were kept. Lower lr_g/lr_d, enable spectral_norm or r1_gamma, or use another loss, then resume."
+            f"training diverged in step {step}: {name} is {value}; nothing of this step was saved (the run directory "
+            "keeps its last checkpoint, if any). Lower lr_g/lr_d, raise r1_gamma/r2_gamma, enable spectral_norm "
+            "(dcgan, resnet) or use another loss, then run again."
         )
     if limit is not None and value > limit:
         raise TrainingDivergedError(

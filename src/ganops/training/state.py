@@ -20,6 +20,7 @@ import torch
 from ganops.config import TrainConfig
 from ganops.io import atomic_write
 from ganops.training.snapshot import (
+    CorruptCheckpointError,
     ResumeMismatchError,
     arch_mismatch,
     changed_options,
@@ -158,7 +159,11 @@ def load_state(state: dict[str, Any], *, nets: dict[str, torch.nn.Module], opts:
     if state["scaler"]:
         scaler.load_state_dict(state["scaler"])
     if ada is not None and state.get("augment", {}).get("ada"):
-        ada.load_state_dict(state["augment"]["ada"])
+        try:
+            ada.load_state_dict(state["augment"]["ada"])
+        except ValueError as err:
+            raise CorruptCheckpointError(f"{STATE_NAME}: {err}; delete the run directory to start over, or "
+                                         "restore the file from the DVC cache (dvc checkout)") from None
     set_rng_state(state["rng"], data_gen)
     return {"step": int(state["step"]), "cur_nimg": int(state["cur_nimg"]), "best_fid": float(state["best_fid"]),
             "wall_time_s": float(state["wall_time_s"]), "last_stats": dict(state["last_stats"])}

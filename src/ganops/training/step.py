@@ -80,8 +80,11 @@ class GANStep:
         self.hyper = hyper
 
     def regularizes(self, step: int) -> bool:
-        """Whether step ``step`` (0-based) adds the lazy R1/R2 penalties (every ``r1_interval`` D steps)."""
-        return (self.cfg.r1_gamma > 0 or self.cfg.r2_gamma > 0) and step % self.cfg.r1_interval == 0
+        """Whether step ``step`` (0-based) adds the lazy R1/R2 penalties: every ``r1_interval`` D steps, when a
+        scheduled weight is above 0 at this step."""
+        hyper = self.hyper
+        active = hyper is not None and (hyper.r1_gamma > 0 or hyper.r2_gamma > 0)
+        return active and step % self.cfg.r1_interval == 0
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         if self.policy:
