@@ -260,12 +260,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"trained {names} in {time.time() - t0:.0f} s", file=sys.stderr)
     only = _points(a.eval_points_min) if a.eval_points_min else None
     results = evaluate(a.out, a.num_samples, a.seed, names, a.num_real, only)
+    previous = HERE / "ttq_results.json"
+    if a.command == "evaluate" and previous.is_file():  # add to the other contenders' rows of the same protocol
+        old = json.loads(previous.read_text())
+        if (old.get("num_samples"), old.get("num_real")) == (a.num_samples, a.num_real):
+            results = {**old["results"], **results}
     info = machine()
     header = (f"Measured {dt.date.today()} on {info['cpu']} ({info['cpu_capability']}), one core per contender, "
               f"FID of {a.num_samples} G samples vs {a.num_real} Fashion-MNIST test images (Lucic protocol at "
               "10,000 vs 10,000).")
     out = {"date": str(dt.date.today()), "machine": info, "num_samples": a.num_samples, "num_real": a.num_real,
-           "contenders": {n: CONTENDERS[n][0] for n in results}, "results": results}
+           "contenders": {n: CONTENDERS[n][0] for n in results}, "results": results,
+           "train": {n: json.loads((a.out / n / "train.json").read_text()) for n in results
+                     if (a.out / n / "train.json").is_file()}}
     (HERE / "ttq_results.json").write_text(json.dumps(out, indent=1))
     (HERE / "ttq_results.md").write_text(_table(results, header))
     _plot(results, HERE / "ttq.png", f"time to quality, {info['cpu']}")

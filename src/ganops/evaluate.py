@@ -85,8 +85,9 @@ def generated_stats(G: torch.nn.Module, extractor: FeatureExtractor, cfg: Evalua
             stats.append(extractor.features(quantize_to_uint8(batch), cfg.protocol, cfg.batch_size))
             bar.update(len(batch))
     if cfg.num_samples < FEATURE_DIM:
-        log.warning("FID of %d generated samples (< %d, the feature dimension) is mostly bias: compare it only with "
-                    "FIDs at the same N, or raise evaluate.num_samples", cfg.num_samples, FEATURE_DIM)
+        log.warning("FID of %d generated samples (fewer than the %d feature dimensions) is biased upward, by more "
+                    "the smaller N is: compare it only with FIDs of the same N, or raise evaluate.num_samples",
+                    cfg.num_samples, FEATURE_DIM)
     return stats
 
 

@@ -196,3 +196,25 @@ def test_ada_refuses_a_malformed_state_and_keeps_its_own(state, message):
 def test_config_refuses_settings_that_would_silently_do_nothing(overrides, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**overrides)
+
+
+def test_ema_update_with_a_tensor_decay_equals_the_float_one():
+    from ganops.training.ema import update_ema
+
+    torch.manual_seed(0)
+    G, a, b = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    for beta in (0.0, 0.3, 0.99):
+        update_ema(a, G, beta)
+        update_ema(b, G, torch.tensor(beta))
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(b.weight, G.weight)  # beta 0.99 last: still between its start and G
+
+
+def test_only_the_ema_ramp_leaves_a_step_capturable_as_a_cuda_graph():
+    from ganops.training.step import graph_capturable, has_schedules
+
+    ramp = TrainConfig(ema_halflife_kimg=10.0, ema_rampup=0.05)
+    assert has_schedules(ramp) and graph_capturable(ramp)
+    lr = TrainConfig(schedule_kimg=100.0, lr_g_end=1e-5)
+    assert has_schedules(lr) and not graph_capturable(lr)

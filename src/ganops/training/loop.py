@@ -51,7 +51,13 @@ from ganops.training.sampling import diversity_ratio, latents, save_grid
 from ganops.training.schedules import ema_halflife_nimg, step_hyper
 from ganops.training.snapshot import ResumeMismatchError, TrainingDivergedError, save_snapshot
 from ganops.training.state import RESUMABLE_OPTIONS, STATE_FORMAT
-from ganops.training.step import GRAPH_WARMUP_STEPS, CudaGraphCaptureError, GANStep, has_schedules
+from ganops.training.step import (
+    GRAPH_WARMUP_STEPS,
+    CudaGraphCaptureError,
+    GANStep,
+    graph_capturable,
+    has_schedules,
+)
 
 log = logging.getLogger(__name__)
 
@@ -334,11 +340,12 @@ def training_loop(
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     # CUDA graph (CUDA only): after GRAPH_WARMUP_STEPS eager steps the step is captured once and replayed: one launch
     # per step instead of a few hundred, which is what bounds a small GAN on a GPU. Not for steps whose work or
-    # hyper-parameters vary (lazy R1/R2, augmentation, GP, schedules) or that need the host (fp16 scaler, DDP).
+    # hyper-parameters vary (lazy R1/R2, augmentation, GP, lr/beta2/gamma schedules; the G_ema ramp-up is fine) or
+    # that need the host (fp16 scaler, DDP).
     use_graph = (device.type == "cuda" and cfg.cuda_graph and dist_info.world_size == 1
                  and not (loss.needs_gradient_penalty and cfg.gp_lambda > 0) and cfg.r1_gamma == 0
                  and cfg.r2_gamma == 0 and not policy and cfg.ada_target == 0 and not run.use_scaler
-                 and not has_schedules(cfg))
+                 and graph_capturable(cfg))
 
     def autocast():
         # A captured graph must not rely on autocast's cache of cast weights (the cache is cleared on exit).

@@ -7,7 +7,8 @@ reals, R2 on fakes, WGAN-GP) and their weights from the config and its schedules
 augmentation from DiffAugment and ADA (``ganops.training.augment``).
 
 On CUDA the step can be captured once as a CUDA graph and replayed (:meth:`GANStep.run`), when nothing in it varies
-from step to step (no lazy penalties, augmentation, schedules, fp16 scaler or DDP).
+from step to step but the G_ema decay (no lazy penalties, augmentation, lr / beta2 / gamma schedules, fp16 scaler or
+DDP).
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def has_schedules(cfg: TrainConfig) -> bool:
     return (cfg.schedule_kimg > 0 and any(v is not None for v in ends)) or cfg.ema_rampup is not None
 
 
+def graph_capturable(cfg: TrainConfig) -> bool:
+    """Whether every scheduled value can change under a captured CUDA graph: the G_ema decay can (a device tensor
+    the graph reads at each replay); learning rates, Adam beta2 and penalty weights cannot (baked into the capture)."""
+    ends = (cfg.lr_g_end, cfg.lr_d_end, cfg.beta2_end, cfg.r1_gamma_end, cfg.r2_gamma_end)
+    return not (cfg.schedule_kimg > 0 and any(v is not None for v in ends))
+
+
 class GANStep:
     """One D step then one G step on a real batch ``data[idx]``, plus the G_ema update.
 
@@ -65,6 +73,7 @@ class GANStep:
         self.autocast, self.memory_format, self.policy, self.ada = autocast, memory_format, augment, ada
         self.use_gp = loss.needs_gradient_penalty and cfg.gp_lambda > 0
         self.hyper: StepHyper | None = None
+        self._ema_beta = torch.zeros((), device=data.device)  # read by update_ema, also inside a CUDA graph
         self.graph: torch.cuda.CUDAGraph | None = None
         self._graph_io: dict[str, Any] = {}
         self._eager_steps = 0
@@ -77,6 +86,7 @@ class GANStep:
             for group in opt.param_groups:
                 group["lr"] = lr
                 group["betas"] = (group["betas"][0], beta2)
+        self._ema_beta.fill_(hyper.ema_beta)
         self.hyper = hyper
 
     def regularizes(self, step: int) -> bool:
@@ -146,7 +156,7 @@ class GANStep:
         grad_norm_G = grad_norm(G)
         scaler.step(self.opt_G)
         scaler.update()
-        update_ema(self.G_ema, G, hyper.ema_beta)
+        update_ema(self.G_ema, G, self._ema_beta)
         named = {"loss_D": loss_D, "loss_G": loss_G, "D_real": real_logits.mean(), "D_fake": fake_logits.mean(),
                  "grad_norm_D": grad_norm_D, "grad_norm_G": grad_norm_G, **extra}
         return list(named), torch.stack([v.detach().float() for v in named.values()])
@@ -193,4 +203,5 @@ class GANStep:
         return out
 
 
-__all__ = ["GRAPH_WARMUP_STEPS", "CudaGraphCaptureError", "GANStep", "grad_norm", "has_schedules"]
+__all__ = ["GRAPH_WARMUP_STEPS", "CudaGraphCaptureError", "GANStep", "grad_norm", "graph_capturable",
+           "has_schedules"]
