@@ -267,8 +267,8 @@ def main(argv: list[str] | None = None) -> None:
             results = {**old["results"], **results}
     info = machine()
     header = (f"Measured {dt.date.today()} on {info['cpu']} ({info['cpu_capability']}), one core per contender, "
-              f"FID of {a.num_samples} G samples vs {a.num_real} Fashion-MNIST test images (Lucic protocol at "
-              "10,000 vs 10,000).")
+              f"FID of {a.num_samples} G samples vs {a.num_real} Fashion-MNIST test images (the Lucic protocol "
+              "itself uses 10,000 vs 10,000).")
     out = {"date": str(dt.date.today()), "machine": info, "num_samples": a.num_samples, "num_real": a.num_real,
            "contenders": {n: CONTENDERS[n][0] for n in results}, "results": results,
            "train": {n: json.loads((a.out / n / "train.json").read_text()) for n in results
