@@ -204,11 +204,13 @@ def test_ema_update_with_a_tensor_decay_equals_the_float_one():
     torch.manual_seed(0)
     G, a, b = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3)
     b.load_state_dict(a.state_dict())
-    for beta in (0.0, 0.3, 0.99):
+    for beta in (0.3, 0.99):
         update_ema(a, G, beta)
-        update_ema(b, G, torch.tensor(beta))
+        update_ema(b, G, beta, weight=torch.tensor(1.0 - beta))
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    assert not torch.equal(b.weight, G.weight)  # beta 0.99 last: still between its start and G
+    assert not torch.equal(b.weight, G.weight)  # between its start and G
+    update_ema(b, G, 0.0, weight=torch.tensor(1.0))
+    assert torch.equal(b.weight, G.weight) and torch.equal(b.bias, G.bias)  # decay 0: an exact copy
 
 
 def test_only_the_ema_ramp_leaves_a_step_capturable_as_a_cuda_graph():

@@ -20,11 +20,12 @@ def ema_beta(batch_size: int, halflife_kimg: float) -> float:
 
 
 @torch.no_grad()
-def update_ema(G_ema: nn.Module, G: nn.Module, beta: float | torch.Tensor) -> None:
+def update_ema(G_ema: nn.Module, G: nn.Module, beta: float, *, weight: torch.Tensor | None = None) -> None:
     """``p_ema <- beta * p_ema + (1 - beta) * p`` for parameters, in place (one ``_foreach_lerp_`` call over all
     of them); buffers (BN statistics, spectral-norm vectors) are copied from G. ``beta = 0`` makes G_ema an exact
-    copy of G. ``beta`` may be a 0-d tensor on the parameters' device: a captured CUDA graph then reads its current
-    value at every replay (the G_ema ramp-up changes it every step).
+    copy of G. ``weight``, when given, replaces ``1 - beta``: a 0-d float32 tensor on the parameters' device holding
+    ``1 - beta`` (computed in float64, as the float path does, so both give bit-identical results); a captured CUDA
+    graph reads its current value at every replay (the G_ema ramp-up changes it every step).
 
     Raises:
         ValueError: G_ema and G have different numbers of parameters (not the same architecture).
@@ -32,8 +33,8 @@ def update_ema(G_ema: nn.Module, G: nn.Module, beta: float | torch.Tensor) -> No
     ema_params, params = list(G_ema.parameters()), [p.detach() for p in G.parameters()]
     if len(ema_params) != len(params):
         raise ValueError(f"G_ema has {len(ema_params)} parameters, G {len(params)}: not the same architecture")
-    if isinstance(beta, torch.Tensor):
-        torch._foreach_lerp_(ema_params, params, 1.0 - beta)  # weight 1 (beta 0) gives exactly p
+    if weight is not None:
+        torch._foreach_lerp_(ema_params, params, weight)  # weight 1 (beta 0) gives exactly p
     elif beta == 0.0:
         torch._foreach_copy_(ema_params, params)
     else:

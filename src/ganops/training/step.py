@@ -73,7 +73,7 @@ class GANStep:
         self.autocast, self.memory_format, self.policy, self.ada = autocast, memory_format, augment, ada
         self.use_gp = loss.needs_gradient_penalty and cfg.gp_lambda > 0
         self.hyper: StepHyper | None = None
-        self._ema_beta = torch.zeros((), device=data.device)  # read by update_ema, also inside a CUDA graph
+        self._ema_weight = torch.ones((), device=data.device)  # 1 - G_ema decay, read also inside a CUDA graph
         self.graph: torch.cuda.CUDAGraph | None = None
         self._graph_io: dict[str, Any] = {}
         self._eager_steps = 0
@@ -86,7 +86,7 @@ class GANStep:
             for group in opt.param_groups:
                 group["lr"] = lr
                 group["betas"] = (group["betas"][0], beta2)
-        self._ema_beta.fill_(hyper.ema_beta)
+        self._ema_weight.fill_(1.0 - hyper.ema_beta)
         self.hyper = hyper
 
     def regularizes(self, step: int) -> bool:
@@ -156,7 +156,7 @@ class GANStep:
         grad_norm_G = grad_norm(G)
         scaler.step(self.opt_G)
         scaler.update()
-        update_ema(self.G_ema, G, self._ema_beta)
+        update_ema(self.G_ema, G, hyper.ema_beta, weight=self._ema_weight)
         named = {"loss_D": loss_D, "loss_G": loss_G, "D_real": real_logits.mean(), "D_fake": fake_logits.mean(),
                  "grad_norm_D": grad_norm_D, "grad_norm_G": grad_norm_G, **extra}
         return list(named), torch.stack([v.detach().float() for v in named.values()])
