@@ -184,9 +184,9 @@ def test_nonfinite_weights_stop_before_any_grid_stat_or_state_is_written(tmp_pat
     real_update = step_mod.update_ema
     calls = {"n": 0}
 
-    def nan_on_third(G_ema, G, beta):
+    def nan_on_third(G_ema, G, beta, **kwargs):
         calls["n"] += 1
-        real_update(G_ema, G, beta)
+        real_update(G_ema, G, beta, **kwargs)
         if calls["n"] == 3:
             with torch.no_grad():
                 next(G_ema.parameters()).fill_(float("nan"))
