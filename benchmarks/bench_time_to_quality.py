@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -98,28 +97,21 @@ def _prepared_dir() -> Path:
 
 
 def train_ganops(name: str, out: Path, points_min: list[float], seed: int) -> dict:
-    from ganops.config import load_params
+    from ganops.config import TrainConfig, load_params
     from ganops.training.loop import training_loop
     from ganops.training.snapshot import save_snapshot
 
     base = load_params(ROOT / "params.yaml").train.model_dump()
     overrides = CONTENDERS[name][1]
-    cfg_d = {**base, **overrides, "total_kimg": 1e6, "num_threads": 1, "device": "cpu", "run_dir": str(out / "run"),
-             "eval_every_kimg": 0.0, "on_config_change": "restart", "checkpoint_every_kimg": 100.0,
-             "sample_every_kimg": 100.0}
-    from ganops.config import TrainConfig
-
-    cfg = TrainConfig(**cfg_d)
-    meta: dict[str, Any] = {}
+    cfg = TrainConfig(**{**base, **overrides, "total_kimg": 1e6, "num_threads": 1, "device": "cpu",
+                         "run_dir": str(out / "run"), "eval_every_kimg": 0.0, "on_config_change": "restart",
+                         "checkpoint_every_kimg": 100.0, "sample_every_kimg": 100.0})
 
     def save(path: Path, G_ema, step: int, nimg: int) -> None:
-        kwargs = dict(z_dim=G_ema.z_dim, resolution=G_ema.resolution, channels=G_ema.channels, num_classes=0)
-        from ganops.models import arch_kwargs
-
-        G_kwargs = dict(kwargs, ngf=cfg.ngf, **arch_kwargs(cfg.arch, cfg))
+        # How to rebuild G: the loop recorded it in training_options.json before the first step.
+        G_kwargs = json.loads((Path(cfg.run_dir) / "training_options.json").read_text())["G_kwargs"]
         save_snapshot(path, G_ema, dict(arch=cfg.arch, G_kwargs=G_kwargs, **G_kwargs, kimg=nimg / 1000, step=step,
                                         contender=name))
-        meta["last"] = path.name
 
     clock = _Clock(out, points_min, save)
     summary = training_loop(cfg, prepared_dir=_prepared_dir(), seed=seed, progress=False, on_step=clock.tick)

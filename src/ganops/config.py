@@ -56,6 +56,10 @@ class ValidateConfig(_Strict):
     report_dir: str = "reports/validation"
 
 
+# train.* values a cosine schedule moves to by train.schedule_kimg (None = constant); the EMA one last.
+SCHEDULE_END_KEYS = ("lr_g_end", "lr_d_end", "beta2_end", "r1_gamma_end", "r2_gamma_end", "ema_halflife_kimg_end")
+
+
 class TrainConfig(_Strict):
     """``train``: adversarial training (DCGAN, Radford et al. 2016, by default).
 
@@ -140,8 +144,7 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _schedules_and_ada_complete(self) -> "TrainConfig":
-        ends = {k: getattr(self, k) for k in ("lr_g_end", "lr_d_end", "beta2_end", "r1_gamma_end", "r2_gamma_end",
-                                               "ema_halflife_kimg_end") if getattr(self, k) is not None}
+        ends = {k: getattr(self, k) for k in SCHEDULE_END_KEYS if getattr(self, k) is not None}
         if ends and self.schedule_kimg == 0:
             raise ValueError(f"{', '.join(f'train.{k}' for k in ends)} set but train.schedule_kimg is 0, so the "
                              "schedule would never run: set schedule_kimg > 0 (the kimg at which the end values are "

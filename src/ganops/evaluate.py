@@ -23,7 +23,7 @@ from ganops.config import EvaluateConfig
 from ganops.io import sha256_file, write_json
 from ganops.metrics import defaults, ref_stats
 from ganops.metrics.fid import FeatureStats, frechet_distance
-from ganops.metrics.inception import FEATURE_DIM, FeatureExtractor, exact_fp32, load_feature_extractor
+from ganops.metrics.inception import FEATURE_DIM, FeatureExtractor, exact_fp32, image_stats, load_feature_extractor
 from ganops.metrics.kid import kernel_inception_distance
 from ganops.metrics.preprocess import quantize_to_uint8
 from ganops.progress import progress_bar
@@ -60,13 +60,8 @@ def real_reference(extractor: FeatureExtractor, cfg: EvaluateConfig, prepared_di
                                 split, n, cfg.precision, extractor.device.type)
 
     def compute() -> FeatureStats:
-        stats = FeatureStats(max_kept=min(n, defaults.MAX_KEPT_FEATURES))
-        with progress_bar(total=n, desc=f"Inception features, real ({split})", unit="img") as bar:
-            for i in range(0, n, cfg.batch_size):
-                batch = images[i:min(i + cfg.batch_size, n)]
-                stats.append(extractor.features(batch, cfg.protocol, cfg.batch_size))
-                bar.update(len(batch))
-        return stats
+        return image_stats(extractor, images[:n], protocol=cfg.protocol, batch_size=cfg.batch_size,
+                           max_kept=min(n, defaults.MAX_KEPT_FEATURES), desc=f"Inception features, real ({split})")
 
     ref, cached = ref_stats.get_or_compute(cfg.ref_stats_dir, key, compute)
     log.info("reference statistics for %s[:%d] %s", split, n, "loaded from cache" if cached else "computed")

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from ganops.metrics import defaults, ref_stats
-from ganops.metrics.fid import FeatureStats, frechet_distance
-from ganops.metrics.inception import FeatureExtractor, load_feature_extractor
+from ganops.metrics.fid import frechet_distance
+from ganops.metrics.inception import FeatureExtractor, image_stats, load_feature_extractor
 from ganops.metrics.kid import kernel_inception_distance
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -131,14 +131,8 @@ def _side(source: str, extractor: FeatureExtractor, *, protocol: str, num_sample
         return _Side(n=-1, mu=mu, sigma=sigma, features=None)
     if loaded.shape[0] < 2:
         raise ValueError(f"{source}: {loaded.shape[0]} image(s); FID/KID need at least 2")
-    from ganops.progress import progress_bar
-
-    stats = FeatureStats(max_kept=defaults.MAX_KEPT_FEATURES)
-    with progress_bar(total=loaded.shape[0], desc=f"Inception features, {Path(source).name or source}",
-                      unit="img") as bar:
-        for i in range(0, loaded.shape[0], batch_size):
-            stats.append(extractor.features(loaded[i:i + batch_size], protocol, batch_size))
-            bar.update(min(batch_size, loaded.shape[0] - i))
+    stats = image_stats(extractor, loaded, protocol=protocol, batch_size=batch_size,
+                        max_kept=defaults.MAX_KEPT_FEATURES, desc=f"Inception features, {Path(source).name or source}")
     return _Side(stats.n, stats.mean, stats.cov, stats.kept_features)
 
 

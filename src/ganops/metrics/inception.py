@@ -27,6 +27,7 @@ import torch
 
 from ganops.io import sha256_file
 from ganops.metrics import defaults
+from ganops.metrics.fid import FeatureStats
 from ganops.metrics.inception_net import FEATURE_DIM, FIDInceptionV3, load_trunk_state
 from ganops.metrics.preprocess import check_images, check_protocol, to_inception_input
 
@@ -182,6 +183,21 @@ class FeatureExtractor:
         logits = net.logits(torch.from_numpy(np.asarray(features, np.float64)))
         return torch.softmax(logits, dim=1).numpy()
 
+
+
+def image_stats(extractor: "FeatureExtractor", images: np.ndarray, *, protocol: str, batch_size: int, max_kept: int,
+                desc: str) -> FeatureStats:
+    """Streaming FID statistics of uint8 images (N, C, H, W), keeping the first ``max_kept`` float64 (2048,) feature
+    rows (for KID and precision/recall), with a progress bar in images labelled ``desc``."""
+    from ganops.progress import progress_bar
+
+    stats = FeatureStats(max_kept=max_kept)
+    with progress_bar(total=images.shape[0], desc=desc, unit="img") as bar:
+        for i in range(0, images.shape[0], batch_size):
+            batch = images[i:i + batch_size]
+            stats.append(extractor.features(batch, protocol, batch_size))
+            bar.update(batch.shape[0])
+    return stats
 
 def load_feature_extractor(path: str | os.PathLike | None = None, *, device: str = defaults.DEVICE,
                            precision: Precision = defaults.PRECISION,

@@ -128,10 +128,6 @@ class AdaptiveAugment:
         self._steps = 0  # D steps since the last update
         self.last_rt: float | None = None
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.policy)
-
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment float (N, C, H, W) images in [-1, 1]: each op applied per image with probability p (the ops
         are differentiable, so G's gradient passes through them)."""

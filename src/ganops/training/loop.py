@@ -48,7 +48,7 @@ from ganops.training import state as st
 from ganops.training.augment import AdaptiveAugment, parse_policy
 from ganops.training.device import resolve_device, resolve_precision
 from ganops.training.sampling import diversity_ratio, latents, save_grid
-from ganops.training.schedules import ema_halflife_nimg, step_hyper
+from ganops.training.schedules import step_hyper
 from ganops.training.snapshot import ResumeMismatchError, TrainingDivergedError, save_snapshot
 from ganops.training.state import RESUMABLE_OPTIONS, STATE_FORMAT
 from ganops.training.step import (
@@ -262,8 +262,7 @@ def _varying_stats(run: _Run, hyper) -> dict[str, float]:
     """Scheduled values worth logging (only those that change in this run)."""
     cfg, out = run.cfg, {}
     if has_schedules(cfg):
-        out.update(lr_G=hyper.lr_g, lr_D=hyper.lr_d, beta2=hyper.beta2_d,
-                   ema_halflife_kimg=ema_halflife_nimg(hyper.ema_halflife_kimg, run.cur_nimg, cfg.ema_rampup) / 1000)
+        out.update(lr_G=hyper.lr_g, lr_D=hyper.lr_d, beta2=hyper.beta2_d, ema_halflife_kimg=hyper.ema_halflife_kimg)
         if cfg.r1_gamma_end is not None or cfg.r2_gamma_end is not None:
             out.update(r1_gamma=hyper.r1_gamma, r2_gamma=hyper.r2_gamma)
     if run.ada is not None:

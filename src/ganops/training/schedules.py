@@ -55,7 +55,7 @@ class StepHyper:
     beta2_d: float
     r1_gamma: float
     r2_gamma: float
-    ema_halflife_kimg: float  # before the ramp-up cap
+    ema_halflife_kimg: float  # after the ramp-up cap
     ema_beta: float
 
 
@@ -71,7 +71,7 @@ def step_hyper(cfg, cur_nimg: int) -> StepHyper:
         beta2_d=cosine(cfg.betas_d[1], cfg.beta2_end, cur_nimg, h),
         r1_gamma=cosine(cfg.r1_gamma, cfg.r1_gamma_end, cur_nimg, h),
         r2_gamma=cosine(cfg.r2_gamma, cfg.r2_gamma_end, cur_nimg, h),
-        ema_halflife_kimg=halflife,
+        ema_halflife_kimg=ema_halflife_nimg(halflife, cur_nimg, cfg.ema_rampup) / 1000.0,
         ema_beta=ema_step_beta(cfg.batch_size, halflife, cur_nimg, cfg.ema_rampup),
     )
 

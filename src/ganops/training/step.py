@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ganops.config import TrainConfig
+from ganops.config import SCHEDULE_END_KEYS, TrainConfig
 from ganops.losses import GANLoss, gradient_penalty, r1_penalty, r2_penalty
 from ganops.training import distributed as ddp
 from ganops.training.augment import AdaptiveAugment, diff_augment
@@ -39,17 +39,19 @@ def grad_norm(module: torch.nn.Module) -> torch.Tensor:
     return torch.nn.utils.get_total_norm(grads, foreach=True)  # one call for all grads
 
 
+def _scheduled(cfg: TrainConfig, keys: tuple[str, ...]) -> bool:
+    return cfg.schedule_kimg > 0 and any(getattr(cfg, k) is not None for k in keys)
+
+
 def has_schedules(cfg: TrainConfig) -> bool:
     """True when a hyper-parameter changes during training (cosine schedules or the G_ema ramp-up)."""
-    ends = (cfg.lr_g_end, cfg.lr_d_end, cfg.beta2_end, cfg.r1_gamma_end, cfg.r2_gamma_end, cfg.ema_halflife_kimg_end)
-    return (cfg.schedule_kimg > 0 and any(v is not None for v in ends)) or cfg.ema_rampup is not None
+    return _scheduled(cfg, SCHEDULE_END_KEYS) or cfg.ema_rampup is not None
 
 
 def graph_capturable(cfg: TrainConfig) -> bool:
     """Whether every scheduled value can change under a captured CUDA graph: the G_ema decay can (a device tensor
     the graph reads at each replay); learning rates, Adam beta2 and penalty weights cannot (baked into the capture)."""
-    ends = (cfg.lr_g_end, cfg.lr_d_end, cfg.beta2_end, cfg.r1_gamma_end, cfg.r2_gamma_end)
-    return not (cfg.schedule_kimg > 0 and any(v is not None for v in ends))
+    return not _scheduled(cfg, tuple(k for k in SCHEDULE_END_KEYS if k != "ema_halflife_kimg_end"))
 
 
 class GANStep:
