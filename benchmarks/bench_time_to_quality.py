@@ -146,7 +146,7 @@ def evaluate(out: Path, num_samples: int, seed: int, contenders: list[str] | Non
     """FID (num_samples generated vs the first num_real test images, 10k = all) of every kept snapshot; P/R and
     D/C at the last one."""
     from ganops.config import EvaluateConfig
-    from ganops.evaluate import _extractor, generated_stats, real_reference
+    from ganops.metrics.api import generated_stats, real_reference, stage_extractor
     from ganops.metrics.fid import frechet_distance
     from ganops.metrics.prdc import density_coverage, precision_recall
     from ganops.training.snapshot import load_generator
@@ -154,7 +154,7 @@ def evaluate(out: Path, num_samples: int, seed: int, contenders: list[str] | Non
 
     cfg = EvaluateConfig(num_samples=num_samples, protocol="legacy_tensorflow", device="cpu",
                          ref_stats_dir=str(ROOT / "cache" / "ref_stats"))
-    extractor = _extractor(cfg)
+    extractor = stage_extractor(cfg)
     real = real_reference(extractor, cfg, _prepared_dir(), num_images=num_real)
     results: dict[str, list[dict]] = {}
     for cdir in sorted(p for p in out.iterdir() if (p / "train.json").is_file()):

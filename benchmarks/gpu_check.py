@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("gpu_check: no CUDA device is available (torch.cuda.is_available() is False)")
 
     from ganops.data.prepare import prepare
-    from ganops.evaluate import evaluate, make_metric_fn
+    from ganops.evaluate import evaluate
+    from ganops.metrics.api import make_metric_fn
     from ganops.training.loop import training_loop
 
     try:

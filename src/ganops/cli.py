@@ -121,7 +121,7 @@ def train(params: ParamsOpt = Path("params.yaml"), dry_run: DryRunOpt = False) -
         if p.train.eval_every_kimg > 0:
             # In-training FID/KID: the evaluate section's protocol and weights on a smaller sample; its reference
             # statistics live inside the run directory (a train output), not in evaluate's cache.
-            from ganops.evaluate import make_metric_fn
+            from ganops.metrics.api import make_metric_fn
 
             eval_cfg = p.evaluate.model_copy(update={
                 "num_samples": p.train.eval_num_samples,

@@ -1,119 +1,25 @@
-"""``evaluate`` stage: FID and KID of G_ema samples against the prepared test split.
+"""``evaluate`` stage: FID and KID of the run directory's G_ema snapshot against the prepared test split.
 
-Samples G_ema with ``iter_samples`` (seeded), quantizes them to uint8 the NVIDIA way, and compares Inception pool3
-features with those of the first ``min(num_samples, N_test)`` test images. Reference statistics are cached under
-``cfg.ref_stats_dir`` keyed by protocol, weights sha256, dataset hash, split, count, precision and the device type
-the Inception network runs on (``ganops.metrics.ref_stats``).
-
-FID statistics stream (memory O(2048^2), flat in num_samples); KID uses the first
-``ganops.metrics.defaults.MAX_KEPT_FEATURES`` (10k) feature rows of each side, which bounds memory at 50k samples.
+Loads ``network-snapshot.pt``, checks that it generates images of the prepared data's size, and measures it through
+the one metrics path (``ganops.metrics.api.evaluate_generator``: seeded samples quantized to uint8 the NVIDIA way,
+Inception pool3 features, cached reference statistics of the first ``min(num_samples, N_test)`` test images).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ganops.config import EvaluateConfig
 from ganops.io import sha256_file, write_json
-from ganops.metrics import defaults, ref_stats
-from ganops.metrics.fid import FeatureStats, frechet_distance
-from ganops.metrics.inception import FEATURE_DIM, FeatureExtractor, exact_fp32, image_stats, load_feature_extractor
-from ganops.metrics.kid import kernel_inception_distance
-from ganops.metrics.preprocess import quantize_to_uint8
-from ganops.progress import progress_bar
+from ganops.metrics.api import evaluate_generator, stage_extractor
+from ganops.rundir import RunDir
 from ganops.tracking import Logger, NullLogger
 
 log = logging.getLogger(__name__)
-SNAPSHOT_NAME = "network-snapshot.pt"
-
-
-def _extractor(cfg: EvaluateConfig) -> FeatureExtractor:
-    """The Inception extractor on ``cfg.device`` (``auto``: CUDA when available). Raises ConfigError for ``cuda``
-    without a GPU."""
-    from ganops.training.device import resolve_device
-
-    device = resolve_device(cfg.device, "evaluate.device")
-    return load_feature_extractor(cfg.inception_path, precision=cfg.precision, device=str(device))
-
-
-def real_reference(extractor: FeatureExtractor, cfg: EvaluateConfig, prepared_dir: str | Path,
-                   split: str = "test", num_images: int | None = None) -> ref_stats.RefStats:
-    """Statistics (and kept features) of the first ``num_images`` images of a prepared split, cached.
-
-    Raises:
-        DataError: the prepared directory is missing or malformed (from ``ganops.data.dataset``).
-        ValueError: fewer than 2 images in the split.
-    """
-    from ganops.data.dataset import load_split, load_summary
-
-    images, _ = load_split(prepared_dir, split)
-    n = min(num_images or cfg.num_samples, images.shape[0])
-    if n < 2:
-        raise ValueError(f"the {split} split of {prepared_dir} has {images.shape[0]} images; FID needs at least 2")
-    key = ref_stats.RefStatsKey(cfg.protocol, extractor.weights_sha256, load_summary(prepared_dir)["dataset_sha256"],
-                                split, n, cfg.precision, extractor.device.type)
-
-    def compute() -> FeatureStats:
-        return image_stats(extractor, images[:n], protocol=cfg.protocol, batch_size=cfg.batch_size,
-                           max_kept=min(n, defaults.MAX_KEPT_FEATURES), desc=f"Inception features, real ({split})")
-
-    ref, cached = ref_stats.get_or_compute(cfg.ref_stats_dir, key, compute)
-    log.info("reference statistics for %s[:%d] %s", split, n, "loaded from cache" if cached else "computed")
-    return ref
-
-
-def generated_stats(G: torch.nn.Module, extractor: FeatureExtractor, cfg: EvaluateConfig, seed: int) -> FeatureStats:
-    """Streaming statistics of ``cfg.num_samples`` G samples (features kept for KID)."""
-    from ganops.training.sampling import iter_samples
-
-    stats = FeatureStats(max_kept=min(cfg.num_samples, defaults.MAX_KEPT_FEATURES))
-    device = next(G.parameters()).device  # latents go where G is (the training device for in-training FID)
-    bar = progress_bar(total=cfg.num_samples, desc="Inception features, generated", unit="img")
-    with bar, exact_fp32(device):  # samples as the CPU makes them (no TF32: it moves pixels across uint8 levels)
-        for batch in iter_samples(G, cfg.num_samples, seed=seed, batch_size=cfg.batch_size, device=device):
-            stats.append(extractor.features(quantize_to_uint8(batch), cfg.protocol, cfg.batch_size))
-            bar.update(len(batch))
-    if cfg.num_samples < FEATURE_DIM:
-        log.warning("FID of %d generated samples (fewer than the %d feature dimensions) is biased upward, by more "
-                    "the smaller N is: compare it only with FIDs of the same N, or raise evaluate.num_samples",
-                    cfg.num_samples, FEATURE_DIM)
-    return stats
-
-
-def fid_kid(fake: FeatureStats, real: ref_stats.RefStats, cfg: EvaluateConfig, seed: int) -> dict:
-    kid_mean, kid_std = kernel_inception_distance(fake.kept_features, real.features, num_subsets=cfg.kid_subsets,
-                                                  subset_size=cfg.kid_subset_size, seed=seed)
-    return {"fid": frechet_distance(fake.mean, fake.cov, real.mu, real.sigma), "kid_mean": kid_mean,
-            "kid_std": kid_std, "num_generated": fake.n, "num_real": real.n}
-
-
-def make_metric_fn(cfg: EvaluateConfig, *, prepared_dir: str | Path, seed: int) -> Callable[[torch.nn.Module], dict]:
-    """A ``G_ema -> {"fid", "kid_mean", "kid_std", ...}`` callable for ``training_loop(metric_fn=...)``.
-
-    The extractor and the reference statistics are loaded once, on first call; ``cfg.device`` is checked now.
-
-    Raises:
-        ConfigError: evaluate.device is ``cuda`` but no CUDA device is available (here, not at the first
-            evaluation after minutes of training).
-    """
-    from ganops.training.device import resolve_device
-
-    resolve_device(cfg.device, "evaluate.device")
-    state: dict = {}
-
-    def metric_fn(G: torch.nn.Module) -> dict:
-        if not state:
-            state["extractor"] = _extractor(cfg)
-            state["real"] = real_reference(state["extractor"], cfg, prepared_dir)
-        return fid_kid(generated_stats(G, state["extractor"], cfg, seed), state["real"], cfg, seed)
-
-    return metric_fn
 
 
 class SnapshotDataMismatchError(ValueError):
@@ -151,15 +57,13 @@ def evaluate(cfg: EvaluateConfig, *, run_dir: str | Path, prepared_dir: str | Pa
     from ganops.training.snapshot import load_generator
 
     t0 = time.time()
-    snapshot = Path(run_dir) / SNAPSHOT_NAME
+    snapshot = RunDir(run_dir).snapshot
     if not snapshot.is_file():
-        raise FileNotFoundError(f"no {SNAPSHOT_NAME} in {run_dir}; run `ganops train` first")
+        raise FileNotFoundError(f"no {snapshot.name} in {run_dir}; run `ganops train` first")
     G, meta = load_generator(snapshot)
     _check_snapshot_matches_data(snapshot, meta, prepared_dir)
-    extractor = _extractor(cfg)
-    G = G.to(extractor.device)
-    real = real_reference(extractor, cfg, prepared_dir)
-    result = fid_kid(generated_stats(G, extractor, cfg, seed), real, cfg, seed)
+    extractor = stage_extractor(cfg)
+    result = evaluate_generator(G.to(extractor.device), extractor, cfg, prepared_dir, seed)
     result.update(protocol=cfg.protocol, precision=cfg.precision, device=extractor.device.type,
                   weights_sha256=extractor.weights_sha256,
                   snapshot_sha256=sha256_file(snapshot), kimg=float(meta.get("kimg", 0.0)), seed=seed,

@@ -1,4 +1,4 @@
-"""evaluate stage, reference-stat cache, metric registry and the compare() API.
+"""evaluate stage, reference-stat cache and the one metrics API (evaluate_generator, make_metric_fn, compare).
 
 Only test_evaluate_* runs the real Inception network (4 + 4 images); the rest use a cheap deterministic stand-in
 extractor so they test the plumbing (sources, layouts, caching, keys) in milliseconds.
@@ -18,7 +18,6 @@ from ganops.config import EvaluateConfig
 from ganops.metrics import ref_stats
 from ganops.metrics.api import compare
 from ganops.metrics.fid import FeatureStats, fid_from_features
-from ganops.metrics.registry import MetricContext, compute_metric, get_metric, list_metrics
 
 
 class FakeExtractor:
@@ -192,27 +191,54 @@ def test_unreadable_ref_stats_cache_is_recomputed(tmp_path, damage, caplog):
     assert ref_stats.get_or_compute(tmp_path, key, compute)[1] and len(calls) == 2  # rewritten: reused next time
 
 
-def test_registry_unknown_name_lists_valid_ones():
-    assert {"fid2k_test", "fid10k_test", "kid2k_test", "pr2k_test", "is2k"} <= set(list_metrics())
-    with pytest.raises(ValueError, match="valid metrics: .*fid2k_test"):
-        get_metric("fid3k")
+def _tiny_prepared(tmp_path, n_test=40):
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    for split, n in (("train", 8), ("test", n_test)):
+        images = np.random.RandomState(n).randint(0, 256, (n, 1, 8, 8)).astype(np.uint8)
+        np.savez(prepared / f"{split}.npz", images=images, labels=np.zeros(n, dtype=np.int64))
+    (prepared / "summary.json").write_text(json.dumps({"dataset_sha256": "e" * 64,
+                                                       "counts": {"train": 8, "test": n_test}}))
+    return prepared
 
 
-def test_registry_fid_uses_generated_and_reference_stats():
+class _NoiseG(torch.nn.Module):
+    """A stand-in generator: z -> tanh of a fixed projection, (B, 1, 8, 8) in [-1, 1]."""
+
+    z_dim, num_classes = 4, 0
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(4, 64, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, z, c=None):
+        return torch.tanh(z @ self.w).view(-1, 1, 8, 8)
+
+
+def test_metric_fn_and_evaluate_generator_share_one_path(tmp_path, monkeypatch):
+    """In-training evaluation (make_metric_fn) and the evaluate stage (evaluate_generator) give the same numbers
+    from generated statistics vs the cached reference statistics of the test split."""
+    from ganops.metrics import api
+
     ex = FakeExtractor()
-    real = FeatureStats(max_kept=2000)
-    real.append(ex.features(_imgs(40, 7)).numpy())
+    monkeypatch.setattr(api, "stage_extractor", lambda cfg: ex)
+    prepared = _tiny_prepared(tmp_path)
+    cfg = EvaluateConfig(num_samples=30, batch_size=16, ref_stats_dir=str(tmp_path / "cache"), kid_subset_size=10)
+    G = _NoiseG()
+    out = api.make_metric_fn(cfg, prepared_dir=prepared, seed=3)(G)
+    assert out["num_generated"] == 30 and out["num_real"] == 30 and out["fid"] > 0 and out["kid_mean"] is not None
+    again = api.evaluate_generator(G, ex, cfg, prepared, seed=3)
+    assert again == out
+    # By hand: the same seed's samples and the first 30 test images through the same extractor.
+    from ganops.data.dataset import load_split
+    from ganops.metrics.preprocess import quantize_to_uint8
+    from ganops.training.sampling import iter_samples
 
-    def generate(n, seed):
-        g = torch.Generator().manual_seed(seed)
-        for start in range(0, n, 500):
-            yield torch.rand(min(500, n - start), 1, 8, 8, generator=g) * 2 - 1
-
-    ctx = MetricContext(extractor=ex, generate=generate,
-                        real_stats=lambda split, n, kept: ref_stats.RefStats.from_stats(real, None))
-    out = compute_metric("fid2k_test", ctx)
-    assert out["num_generated"] == 2000 and out["num_real"] == 40 and out["fid"] > 0
-    assert out["weights_sha256"] == "f" * 64 and out["metric"] == "fid2k_test"
+    fake = np.concatenate([ex.features(quantize_to_uint8(b)).numpy()
+                           for b in iter_samples(G, 30, seed=3, batch_size=16, device=torch.device("cpu"))])
+    real = ex.features(load_split(prepared, "test")[0][:30]).numpy()
+    assert out["fid"] == pytest.approx(fid_from_features(fake, real), rel=1e-6)
+    assert len(list((tmp_path / "cache").glob("test-30-*.npz"))) == 1  # reference statistics cached once
 
 
 # ---- evaluate stage (real network, tiny) --------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def test_in_training_fid_on_cuda_without_gpu_is_refused_when_the_metric_is_built
     # `ganops train` builds the metric before training: the refusal used to come at the first eval interval, after
     # minutes of training (and with checkpoints already written).
     from ganops.config import ConfigError, EvaluateConfig
-    from ganops.evaluate import make_metric_fn
+    from ganops.metrics.api import make_metric_fn
 
     cfg = EvaluateConfig(num_samples=4, device="cuda", ref_stats_dir=str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match=r"evaluate\.device is 'cuda' but no CUDA device is available"):

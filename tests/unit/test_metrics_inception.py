@@ -62,11 +62,7 @@ def test_missing_weights_error_lists_both_sources(monkeypatch, tmp_path):
         inception.resolve_weights_path()
 
 
-def test_inception_score_not_available_without_classifier(extractor):
-    from ganops.metrics.registry import MetricContext, compute_metric
-
-    ctx = MetricContext(extractor=extractor, generate=lambda n, s: iter(()), real_stats=lambda *a: None)
-    result = compute_metric("is2k", ctx)
-    assert result["is_mean"] is None and result["status"].startswith("not available")
+def test_class_probabilities_need_a_classifier_head(extractor):
+    assert not extractor.has_classifier
     with pytest.raises(RuntimeError, match="no classifier head"):
         extractor.class_probabilities(np.zeros((1, 2048)))

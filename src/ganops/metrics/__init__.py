@@ -1,6 +1,7 @@
 """Generative metrics: FID, KID, precision/recall, density/coverage, IS on TF-Inception (2015-12-05) features.
 
-Light entry points are imported here; the network (``inception``), registry, cache and ``api`` load on demand.
+Light entry points are imported here; the network (``inception``), the reference cache and ``api`` (the one path
+the evaluate stage, in-training evaluation and ``ganops fid`` use) load on demand.
 """
 
 from ganops.metrics.fid import FeatureStats, fid_from_features, frechet_distance, trace_sqrt_product
