@@ -10,7 +10,9 @@ Heavy libraries (torch, mlflow, great_expectations) are imported inside the comm
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -69,16 +71,18 @@ def _run_stage(stage: str, params_path: Path, dry_run: bool, section: str | None
             out["resolved"] = {key: str(device) for key, device in resolved.items()}
         typer.echo(json.dumps(out, indent=2))
         return
-    from ganops.tracking import stage_logger
+    from ganops.tracking import NullLogger, stage_logger
 
+    # Under torchrun (``torchrun ... -m ganops.cli train``) every rank runs the stage; rank 0 alone tracks and prints.
+    is_main = int(os.environ.get("RANK", "0") or 0) == 0
     try:
-        with stage_logger(params, stage) as logger:
+        with stage_logger(params, stage) if is_main else contextlib.nullcontext(NullLogger()) as logger:
             result = body(params, logger)
     except Exception as err:  # noqa: BLE001 - re-raised below unless it is an expected, user-facing error
         if _is_user_error(err):
             _fail(stage, err)
         raise
-    if result is not None:
+    if result is not None and is_main:
         typer.echo(json.dumps(result, indent=2, default=str))
 
 
@@ -112,9 +116,13 @@ def validate(params: ParamsOpt = Path("params.yaml"), dry_run: DryRunOpt = False
 
 @app.command()
 def train(params: ParamsOpt = Path("params.yaml"), dry_run: DryRunOpt = False) -> None:
-    """Train G and D; resumes from the run directory's training state when present (params section: train)."""
+    """Train G and D; resumes from the run directory's training state when present (params section: train).
+
+    Data-parallel on N processes: ``torchrun --standalone --nproc_per_node=N -m ganops.cli train``.
+    """
 
     def body(p: Params, logger: Any) -> Any:
+        from ganops.training import distributed as ddp
         from ganops.training.loop import training_loop
 
         metric_fn = None
@@ -128,8 +136,11 @@ def train(params: ParamsOpt = Path("params.yaml"), dry_run: DryRunOpt = False) -
                 "ref_stats_dir": str(Path(p.train.run_dir) / "ref_stats"),
             })
             metric_fn = make_metric_fn(eval_cfg, prepared_dir=p.prepare.out_dir, seed=p.seed)
-        return training_loop(p.train, prepared_dir=p.prepare.out_dir, seed=p.seed, logger=logger,
-                             metric_fn=metric_fn)
+        try:
+            return training_loop(p.train, prepared_dir=p.prepare.out_dir, seed=p.seed, logger=logger,
+                                 metric_fn=metric_fn)
+        finally:
+            ddp.teardown()  # torchrun: leave the process group (no-op in a single process)
 
     _run_stage("train", params, dry_run, "train", body)
 

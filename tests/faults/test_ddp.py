@@ -1,6 +1,7 @@
-"""Data-parallel training under torchrun: 2 CPU processes (gloo) on a tiny config.
+"""Data-parallel training under torchrun: the one train entry (``-m ganops.cli train``), 2 CPU processes (gloo) on a
+tiny config, on one node agent and on two node agents (multi-node on one machine, loopback rendezvous).
 
-One slow test (process start-up dominates: ~2 x torch import + gloo rendezvous), marked ``e2e``.
+Slow tests (process start-up dominates: torch imports + gloo rendezvous), marked ``e2e``.
 """
 
 from __future__ import annotations
@@ -44,8 +45,33 @@ def test_state_checksum_sees_one_bit():
     assert state_checksum(a) != state_checksum(b)
 
 
+def _launch(tmp_path: Path, nodes: int) -> list[subprocess.CompletedProcess]:
+    """``ganops train`` on 2 ranks: one torchrun agent with 2 processes, or 2 agents (nodes) with 1 each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd() / "src"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    port = _free_port()
+    train = ["-m", "ganops.cli", "train", "-p", "params.yaml"]
+    if nodes == 1:
+        cmds = [[sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                 "--master_addr=127.0.0.1", f"--master_port={port}", *train]]
+    else:  # what two machines run, each with its own agent, meeting at a c10d rendezvous on the first
+        cmds = [[sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                 "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=ganops-test",
+                 "--max_restarts=0", *train] for _ in range(2)]
+    procs = [subprocess.Popen(c, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in cmds]
+    out = []
+    for proc, cmd in zip(procs, cmds):
+        stdout, stderr = proc.communicate(timeout=600)
+        out.append(subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr))
+    return out
+
+
 @pytest.mark.e2e
-def test_torchrun_two_gloo_ranks_train_identical_weights(tmp_path: Path):
+@pytest.mark.parametrize("nodes", [1, 2], ids=["one_node", "two_nodes"])
+def test_torchrun_ganops_train_two_gloo_ranks_identical_weights(tmp_path: Path, nodes: int):
+    """``torchrun ... -m ganops.cli train`` does what ``ganops train`` does (tracking, in-training FID, summary)
+    with rank 0 alone writing, and both ranks end with bit-identical G and D."""
     prepared = write_prepared(tmp_path / "prepared", n=64, resolution=16)
     run_dir = tmp_path / "runs" / "train"
     params = {
@@ -53,15 +79,17 @@ def test_torchrun_two_gloo_ranks_train_identical_weights(tmp_path: Path):
         "prepare": {"out_dir": str(prepared), "resolution": 16},
         "train": dict(z_dim=8, ngf=8, ndf=8, batch_size=8, total_kimg=0.048, sample_every_kimg=0.024,
                       checkpoint_every_kimg=0.024, log_every_steps=2, grid_size=2, mode_collapse_num_images=8,
-                      device="cpu", channels_last=False, num_threads=1, run_dir=str(run_dir)),
+                      device="cpu", channels_last=False, num_threads=1, run_dir=str(run_dir),
+                      eval_every_kimg=0.048, eval_num_samples=8),
+        "evaluate": {"device": "cpu", "batch_size": 8},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd() / "src")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           "-m", "ganops.training.distributed", "--params", "params.yaml", "--no-tracking"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    procs = _launch(tmp_path, nodes)
+    for proc in procs:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Rank 0 alone prints the stage's JSON summary.
+    printed = [p.stdout for p in procs if '"world_size": 2' in p.stdout]
+    assert len(printed) == 1
 
     summary = json.loads((run_dir / "train.json").read_text())
     assert summary["world_size"] == 2
@@ -80,3 +108,12 @@ def test_torchrun_two_gloo_ranks_train_identical_weights(tmp_path: Path):
     assert steps == [2, 4, 6]  # one line per logged step: a second writer would duplicate them
     assert not list(run_dir.glob(".*.tmp"))
     assert json.loads((run_dir / "training_options.json").read_text())["world_size"] == 2
+    # In-training FID ran once (at the end), on rank 0, and was tracked in MLflow like ganops train does.
+    fids = [json.loads(ln) for ln in (run_dir / "stats.jsonl").read_text().splitlines() if "metric/fid" in ln]
+    assert len(fids) == 1 and fids[0]["metric/fid"] > 0 and summary["best_fid"] == fids[0]["metric/fid"]
+    from mlflow.tracking import MlflowClient
+
+    run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["ganops.status.train"] == "ok"
+    assert run.data.metrics["metric/fid"] == pytest.approx(fids[0]["metric/fid"])

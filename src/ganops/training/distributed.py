@@ -2,7 +2,7 @@
 
 Launch (one process per CPU socket share or per GPU; ``torchrun`` sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_*)::
 
-    torchrun --standalone --nproc_per_node=2 -m ganops.training.distributed --params params.yaml
+    torchrun --standalone --nproc_per_node=2 -m ganops.cli train -p params.yaml
 
 How the loop uses it (``ganops.training.loop.training_loop`` calls :func:`setup` itself, so a single process
 without torchrun's environment is unchanged):
@@ -170,40 +170,3 @@ def state_checksum(*state_dicts: dict[str, torch.Tensor]) -> str:
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m ganops.training.distributed [--params params.yaml]`` under torchrun: the train stage on every rank.
-
-    Rank 0 logs to MLflow exactly like ``ganops train``; other ranks use a NullLogger.
-    """
-    import argparse
-    import json
-
-    from ganops.config import load_params
-    from ganops.tracking import NullLogger, stage_logger
-    from ganops.training.loop import training_loop
-
-    parser = argparse.ArgumentParser(prog="torchrun ... -m ganops.training.distributed",
-                                     description="data-parallel `ganops train` (launch with torchrun)")
-    parser.add_argument("--params", "-p", default="params.yaml")
-    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow (rank 0 included)")
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    info = env_info()
-    try:
-        if info.is_main and not args.no_tracking:
-            with stage_logger(params, "train") as logger:
-                result = training_loop(params.train, prepared_dir=params.prepare.out_dir, seed=params.seed,
-                                       logger=logger)
-        else:
-            result = training_loop(params.train, prepared_dir=params.prepare.out_dir, seed=params.seed,
-                                   logger=NullLogger(), progress=info.is_main)
-    finally:
-        teardown()
-    if info.is_main:
-        print(json.dumps(result, indent=2, default=str))
-
-
-if __name__ == "__main__":
-    main()
