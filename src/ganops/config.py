@@ -71,20 +71,20 @@ class TrainConfig(_Strict):
     arch: str = "dcgan"
     conditional: bool = False
     z_dim: int = Field(100, ge=1)
-    ngf: int = Field(64, ge=1, description="generator base width (channels)")
-    ndf: int = Field(64, ge=1, description="discriminator base width (channels)")
+    ngf: int = Field(32, ge=1, description="generator base width (channels)")
+    ndf: int = Field(32, ge=1, description="discriminator base width (channels)")
     loss: str = "non_saturating"
     batch_size: int = Field(64, ge=1)
     total_kimg: float = Field(
-        30.0, gt=0, allow_inf_nan=False,
-        description="training length in thousands of real images shown to D (30 ~ 8 min on 2 CPU cores)",
+        300.0, gt=0, allow_inf_nan=False,
+        description="training length in thousands of real images shown to D",
     )
-    lr_g: float = Field(2e-4, gt=0, allow_inf_nan=False)
-    lr_d: float = Field(2e-4, gt=0, allow_inf_nan=False)
+    lr_g: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    lr_d: float = Field(1e-3, gt=0, allow_inf_nan=False)
     betas_g: tuple[float, float] = (0.5, 0.999)
     betas_d: tuple[float, float] = (0.5, 0.999)
     ema_halflife_kimg: float = Field(
-        0.0, ge=0, allow_inf_nan=False, description="G_ema half-life; 0 = G_ema is a copy of G each step"
+        10.0, ge=0, allow_inf_nan=False, description="G_ema half-life in kimg; 0 = G_ema is a copy of G each step"
     )
     spectral_norm: bool = Field(False, description="spectral norm on every D layer (Miyato et al. 2018); drops D's BN")
     # arch=r3gan only (Huang et al. 2024): residual blocks per stage, inverted-bottleneck widening, 3x3 group width.
@@ -105,7 +105,7 @@ class TrainConfig(_Strict):
     r2_gamma_end: float | None = Field(None, ge=0, allow_inf_nan=False)
     ema_halflife_kimg_end: float | None = Field(None, ge=0, allow_inf_nan=False)
     ema_rampup: float | None = Field(
-        None, gt=0, allow_inf_nan=False,
+        0.05, gt=0, allow_inf_nan=False,
         description="G_ema half-life <= ema_rampup * images seen (StyleGAN2-ADA, 0.05 there); None = no ramp-up")
     # Adaptive discriminator augmentation (Karras et al. 2020): ops applied with probability p, p steered by r_t.
     ada_target: float = Field(0.0, ge=0, lt=1, description="ADA r_t target (0.6 in the paper); 0 = ADA off")
@@ -120,7 +120,6 @@ class TrainConfig(_Strict):
     cuda_graph: bool = Field(True, description="on CUDA, replay the training step as one captured CUDA graph "
                              "(not with DDP, R1, GP, DiffAugment or fp16, which train eagerly)")
     num_threads: int = Field(0, ge=0, description="torch intra-op CPU threads; 0 = torch default (all cores)")
-    num_workers: int = Field(0, ge=0, description="unused: the train split is held in memory as one uint8 tensor")
     log_every_steps: int = Field(10, ge=1, description="stats.jsonl / logger interval, in G steps")
     sample_every_kimg: float = Field(10.0, gt=0)
     checkpoint_every_kimg: float = Field(10.0, gt=0)
@@ -140,7 +139,7 @@ class TrainConfig(_Strict):
     # training outputs and trains from scratch (for DVC experiments, whose previous outputs stay in the DVC cache);
     # "restart" also retrains when a training hyper-parameter changed (lr, betas, EMA, R1, augmentation, batch size:
     # anything but total_kimg, the intervals, device/threads/precision), "refuse" resumes with it and warns.
-    on_config_change: Literal["refuse", "restart"] = "refuse"
+    on_config_change: Literal["refuse", "restart"] = "restart"
 
     @model_validator(mode="after")
     def _schedules_and_ada_complete(self) -> "TrainConfig":
@@ -149,7 +148,9 @@ class TrainConfig(_Strict):
             raise ValueError(f"{', '.join(f'train.{k}' for k in ends)} set but train.schedule_kimg is 0, so the "
                              "schedule would never run: set schedule_kimg > 0 (the kimg at which the end values are "
                              "reached) or remove the *_end values")
-        if self.ema_rampup is not None and self.ema_halflife_kimg == 0 and not self.ema_halflife_kimg_end:
+        # An ema_rampup written next to a zero half-life is a contradiction; the default one just caps nothing.
+        if ("ema_rampup" in self.model_fields_set and self.ema_rampup is not None and self.ema_halflife_kimg == 0
+                and not self.ema_halflife_kimg_end):
             raise ValueError("train.ema_rampup caps a G_ema half-life, but train.ema_halflife_kimg is 0 (G_ema = G): "
                              "set ema_halflife_kimg > 0 or ema_rampup: null")
         if self.ada_target > 0 and not self.ada_policy:

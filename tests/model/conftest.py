@@ -38,7 +38,8 @@ def tiny_cfg(run_dir: Path, **overrides) -> TrainConfig:
     a second OpenMP thread only adds sync cost, and a lot of it on a busy machine)."""
     base = dict(z_dim=8, ngf=8, ndf=8, batch_size=8, total_kimg=0.04, sample_every_kimg=0.02,
                 checkpoint_every_kimg=0.02, log_every_steps=1, grid_size=2, mode_collapse_num_images=8,
-                device="cpu", channels_last=False, num_threads=1, run_dir=str(run_dir))
+                device="cpu", channels_last=False, num_threads=1, run_dir=str(run_dir),
+                on_config_change="refuse")  # the resume tests exercise the guarding policy unless they ask for restart
     return TrainConfig(**{**base, **overrides})
 
 

@@ -17,7 +17,7 @@ from ganops.training.snapshot import ResumeMismatchError, load_torch
 from .conftest import tiny_cfg
 
 
-def test_default_refuses_and_names_the_restart_option(tmp_path, prepared):
+def test_refuse_names_the_restart_option(tmp_path, prepared):
     training_loop(tiny_cfg(tmp_path / "r"), prepared_dir=prepared, seed=0, progress=False)
     before = (tmp_path / "r" / "training-state.pt").read_bytes()
     with pytest.raises(ResumeMismatchError, match=r"loss: 'non_saturating' -> 'hinge'.*on_config_change=restart"):
@@ -71,7 +71,7 @@ def test_restart_retrains_when_a_hyper_parameter_changed(tmp_path, prepared):
 
 
 def test_refuse_resumes_a_changed_hyper_parameter_as_asked(tmp_path, prepared):
-    """The default policy only guards the architecture: resuming with another learning rate is allowed (warned)."""
+    """The refuse policy only guards the architecture: resuming with another learning rate is allowed (warned)."""
     run = tmp_path / "r"
     training_loop(tiny_cfg(run), prepared_dir=prepared, seed=0, progress=False)
     out = training_loop(tiny_cfg(run, lr_g=1e-4, total_kimg=0.08), prepared_dir=prepared, seed=0, progress=False)

@@ -97,7 +97,8 @@ def test_ema_rampup_values():
 def test_step_hyper_reads_every_schedule():
     cfg = TrainConfig(lr_g=2e-4, lr_d=4e-4, lr_g_end=1e-4, lr_d_end=1e-4, betas_g=(0.0, 0.9), betas_d=(0.0, 0.9),
                       beta2_end=0.99, r1_gamma=1.0, r1_gamma_end=0.1, r2_gamma=1.0, r2_gamma_end=0.1,
-                      ema_halflife_kimg=1.0, ema_halflife_kimg_end=3.0, schedule_kimg=10.0, batch_size=32)
+                      ema_halflife_kimg=1.0, ema_halflife_kimg_end=3.0, schedule_kimg=10.0, batch_size=32,
+                      ema_rampup=None)
     h0, h_end = step_hyper(cfg, 0), step_hyper(cfg, 10_000)
     start = (h0.lr_g, h0.lr_d, h0.beta2_g, h0.r1_gamma, h0.ema_halflife_kimg)
     assert start == pytest.approx((2e-4, 4e-4, 0.9, 1.0, 1.0))

@@ -19,6 +19,7 @@ import torch
 
 from ganops.config import TrainConfig
 from ganops.io import atomic_write
+from ganops.rundir import RunDir
 from ganops.training.snapshot import (
     CorruptCheckpointError,
     ResumeMismatchError,
@@ -32,13 +33,13 @@ from ganops.training.snapshot import (
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
-STATE_NAME, STATS_NAME = "training-state.pt", "stats.jsonl"
+STATE_NAME, STATS_NAME = RunDir.STATE, RunDir.STATS
 
 # Options a run may resume with when they change (train.on_config_change=restart restarts on any other change):
 # its length, logging / sampling / checkpoint / evaluation intervals, where and how fast it runs, and the policy.
 RESUMABLE_OPTIONS = frozenset({
     "total_kimg", "log_every_steps", "sample_every_kimg", "checkpoint_every_kimg", "eval_every_kimg",
-    "eval_num_samples", "grid_size", "device", "num_threads", "num_workers", "precision", "channels_last",
+    "eval_num_samples", "grid_size", "device", "num_threads", "precision", "channels_last",
     "cuda_graph", "run_dir", "on_config_change", "mode_collapse_threshold", "mode_collapse_num_images",
     "grad_norm_limit",
 })
@@ -90,10 +91,7 @@ def truncate_stats(path: Path, keep_through_step: int) -> None:
 
 def discard_training_outputs(run_dir: Path) -> None:
     """Delete what the training loop writes (other files in run_dir, e.g. the tracker's mlflow_run.json, stay)."""
-    patterns = (STATE_NAME, STATS_NAME, "train.json", "network-snapshot*.pt", "fakes*.png")
-    for pattern in patterns:
-        for path in run_dir.glob(pattern):
-            path.unlink()
+    RunDir(run_dir).discard_training_outputs()
 
 
 def resume_state(run_dir: Path, cfg: TrainConfig, arch_config: dict[str, Any]) -> dict[str, Any] | None:
