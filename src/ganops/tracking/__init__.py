@@ -25,9 +25,9 @@ from ganops.tracking.stages import (ENV_RUN_ID, RUN_ID_FILE, STAGE_POLICIES, STA
 from ganops.tracking.sysmetrics import SYSTEM_METRICS_INTERVAL_S
 
 __all__ = [
-    "ENV_RUN_ID", "HTTP_ENV", "PENDING_ARTIFACTS", "PENDING_FILE", "REJECTED_FILE", "RETRY_AFTER_MAX_S", "RETRY_AFTER_S",
-    "RUN_ID_FILE", "STAGES", "STAGE_POLICIES", "STATUS_TAG", "SYSTEM_METRICS_INTERVAL_S", "Logger", "MlflowLogger",
-    "NullLogger", "StagePolicy", "TrackingUnavailableError", "artifact_location", "check_reachable",
+    "ENV_RUN_ID", "HTTP_ENV", "PENDING_ARTIFACTS", "PENDING_FILE", "REJECTED_FILE", "RETRY_AFTER_MAX_S",
+    "RETRY_AFTER_S", "RUN_ID_FILE", "STAGES", "STAGE_POLICIES", "STATUS_TAG", "SYSTEM_METRICS_INTERVAL_S", "Logger",
+    "MlflowLogger", "NullLogger", "StagePolicy", "TrackingUnavailableError", "artifact_location", "check_reachable",
     "configure_mlflow", "mlflow_command", "pending_entries", "read_run_id", "redact_uri", "stage_logger",
     "tracking_uri", "upload_pending",
 ]
