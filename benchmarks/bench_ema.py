@@ -21,6 +21,7 @@ import torch
 from ganops.metrics.fid import frechet_distance, stats_from_features
 from ganops.metrics.inception import load_feature_extractor
 from ganops.metrics.preprocess import quantize_to_uint8
+from ganops.rundir import RunDir
 from ganops.training.sampling import iter_samples
 from ganops.training.snapshot import load_generator, load_torch
 
@@ -38,8 +39,9 @@ def main() -> None:
         raise SystemExit(f"{args.ref_stats} is not a ganops reference-statistics file (needs mu, sigma, protocol, "
                          "weights_sha256); use one from cache/ref_stats")
     protocol = str(ref["protocol"])
-    G_ema, meta = load_generator(args.run_dir / "network-snapshot-latest.pt")
-    state = load_torch(args.run_dir / "training-state.pt")
+    run = RunDir(args.run_dir)
+    G_ema, meta = load_generator(run.snapshot_latest)
+    state = load_torch(run.state)
     G = copy.deepcopy(G_ema)
     G.load_state_dict(state["G"])  # raw G of the same step; eval mode (BN running statistics), as G_ema is used
     G_ema.load_state_dict(state["G_ema"])

@@ -44,6 +44,7 @@ from machine_info import machine  # noqa: E402
 from reference_dcgan import reference_train  # noqa: E402
 
 from ganops.config import TrainConfig  # noqa: E402
+from ganops.rundir import RunDir  # noqa: E402
 from ganops.training.loop import training_loop  # noqa: E402
 
 VARIANTS = {
@@ -84,8 +85,7 @@ def run_ganops(prepared: Path, run_dir: Path, steps: int, batch_size: int, threa
                       sample_every_kimg=1e6, checkpoint_every_kimg=1e6, device=device, run_dir=str(run_dir),
                       num_threads=threads, **overrides)
     training_loop(cfg, prepared_dir=prepared, seed=seed, progress=False)
-    lines = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines() if "sec_per_step" in x]
-    return [w["sec_per_step"] for w in lines]
+    return [w["sec_per_step"] for w in RunDir(run_dir).iter_stats("sec_per_step")]
 
 
 def run_reference(images: np.ndarray, steps: int, batch_size: int, threads: int, workers: int = 0,
@@ -244,8 +244,7 @@ def bench_quality(tmp: Path, steps: int, samples: int, threads: int, seeds: list
         G_ref = reference_train(images, steps=steps, batch_size=64, seed=seed)[0]
         train_s["ganops"] += t1 - t0
         train_s["reference"] += time.perf_counter() - t1
-        runs.append({"seed": seed, "fid_ganops": fid(load_generator(tmp / f"q-ganops-{seed}" /
-                                                                   "network-snapshot.pt")[0]),
+        runs.append({"seed": seed, "fid_ganops": fid(load_generator(RunDir(tmp / f"q-ganops-{seed}").snapshot)[0]),
                      "fid_reference": fid(G_ref)})
         print(json.dumps({"quality_run": runs[-1]}), file=sys.stderr, flush=True)
     g, r = [x["fid_ganops"] for x in runs], [x["fid_reference"] for x in runs]

@@ -37,6 +37,7 @@ from argtypes import int_at_least, int_list  # noqa: E402
 from machine_info import machine  # noqa: E402
 
 from ganops.config import ConfigError, load_params  # noqa: E402
+from ganops.rundir import RunDir  # noqa: E402
 
 
 def _positive_kimg(text: str) -> float:
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _stats_and_rate(run_dir: Path) -> tuple[list[dict], float]:
     """A run's stats.jsonl lines and the median images/s of its timing windows, the first (warm-up: cuDNN
     autotuning, graph capture) left out when there are others."""
-    stats = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
+    stats = RunDir(run_dir).read_stats()
     rates = [s["images_per_s"] for s in stats if "images_per_s" in s]
     return stats, round(statistics.median(rates[1:] or rates), 1)
 
@@ -169,7 +170,7 @@ def graph_check(train_cfg, p, work: Path, steps: int) -> dict:
         summary = training_loop(cfg, prepared_dir=p.prepare.out_dir, seed=p.seed, progress=False)
         stats, rate = _stats_and_rate(run_dir)
         runs[graph] = {"stats": [s for s in stats if "loss_G" in s],
-                       "G_ema": load_torch(run_dir / "network-snapshot.pt")["G_ema"]}
+                       "G_ema": load_torch(RunDir(run_dir).snapshot)["G_ema"]}
         out[f"graph_{graph}"] = {"cuda_graph_used": summary["cuda_graph"], "wall_s": round(time.perf_counter() - t, 2),
                                  "images_per_s_median": rate}
     a, b = runs[True], runs[False]
@@ -198,7 +199,7 @@ def _pixels_differing(run_dir: Path, n: int, device: str, seed: int) -> dict:
 
     images = {}
     for dev in (device, "cpu"):
-        G = load_generator(run_dir / "network-snapshot.pt")[0].to(dev)
+        G = load_generator(RunDir(run_dir).snapshot)[0].to(dev)
         with torch.no_grad(), exact_fp32(dev):
             images[dev] = np.concatenate([quantize_to_uint8(x).cpu().numpy()
                                            for x in iter_samples(G, n, seed=seed, device=dev)])

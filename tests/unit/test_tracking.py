@@ -117,7 +117,7 @@ def test_changed_param_is_recorded_as_tag_not_error(project):
 
 
 def test_export_loss_csv_keeps_only_loss_lines(tmp_path):
-    from ganops.tracking import export_loss_csv
+    from ganops.rundir.export import export_loss_csv
 
     lines = [{"step": 1, "kimg": 0.064, "loss_G": 1.5, "loss_D": 0.7, "D_real": 0.1},
              {"step": 1, "kimg": 0.064, "diversity_ratio": 0.9},
@@ -171,7 +171,7 @@ def test_run_holds_resolved_config_fid_plot_and_evaluated_grid(project):
 
 
 def test_fid_plot_only_when_stats_hold_fid(tmp_path):
-    from ganops.tracking import plot_fid_over_training
+    from ganops.rundir.export import plot_fid_over_training
 
     assert plot_fid_over_training(tmp_path, tmp_path / "p.png") is None  # no stats.jsonl
     (tmp_path / "stats.jsonl").write_text(json.dumps({"step": 1, "kimg": 0.1, "loss_G": 1.0}) + "\n")
@@ -179,7 +179,7 @@ def test_fid_plot_only_when_stats_hold_fid(tmp_path):
 
 
 def test_export_fid_csv_keeps_only_evaluation_lines(tmp_path):
-    from ganops.tracking import export_fid_csv
+    from ganops.rundir.export import export_fid_csv
 
     lines = [{"step": 1, "kimg": 0.064, "loss_G": 1.5, "loss_D": 0.7},
              {"step": 10, "kimg": 0.64, "metric/fid": 80.5, "metric/kid_mean": 0.04, "metric/kid_std": 0.001,
@@ -200,7 +200,7 @@ def test_dvc_plots_show_renders_the_loss_and_fid_curves(tmp_path):
     import subprocess
     import sys
 
-    from ganops.tracking import export_fid_csv, export_loss_csv
+    from ganops.rundir.export import export_fid_csv, export_loss_csv
 
     repo = Path(__file__).resolve().parents[2]
     shutil.copy(repo / "dvc.yaml", tmp_path / "dvc.yaml")
