@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from ganops.io import atomic_write
+from ganops.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -157,8 +158,7 @@ def check_run_dir(params: dict[str, Any], name: str) -> None:
     Raises:
         SystemExit: naming the options that differ and the run dir to delete (or another --name to use).
     """
-    run_dir = ROOT / params["train"]["run_dir"]
-    saved_path = run_dir / "training_options.json"
+    saved_path = RunDir(ROOT / params["train"]["run_dir"]).options
     if not saved_path.is_file():
         return
     from ganops.config import TrainConfig
@@ -203,7 +203,7 @@ def run_config(preset: Path, name: str, overrides: list[str], skip_train: bool =
     """prepare -> train -> evaluate one configuration; its result dict (also merged into quality_results.json)."""
     read_results()
     params = build_params(preset, name, overrides)
-    if skip_train and not (ROOT / params["train"]["run_dir"] / "train.json").is_file():
+    if skip_train and not RunDir(ROOT / params["train"]["run_dir"]).summary.is_file():
         raise SystemExit(f"--skip-train: {params['train']['run_dir']} holds no finished training (no train.json); "
                          "run without --skip-train to train (or resume) it first")
     params_file = make_params(preset, name, overrides)
@@ -213,8 +213,7 @@ def run_config(preset: Path, name: str, overrides: list[str], skip_train: bool =
         walls["train_wall_s"] = run_stage("train", params_file)
     walls["evaluate_wall_s"] = run_stage("evaluate", params_file)
 
-    run_dir = ROOT / params["train"]["run_dir"]
-    train = json.loads((run_dir / "train.json").read_text())
+    train = json.loads(RunDir(ROOT / params["train"]["run_dir"]).summary.read_text())
     ev = json.loads((ROOT / params["evaluate"]["out"]).read_text())
     t = params["train"]
     result = {

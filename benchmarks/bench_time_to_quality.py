@@ -98,6 +98,7 @@ def _prepared_dir() -> Path:
 
 def train_ganops(name: str, out: Path, points_min: list[float], seed: int) -> dict:
     from ganops.config import TrainConfig, load_params
+    from ganops.rundir import RunDir
     from ganops.training.loop import training_loop
     from ganops.training.snapshot import save_snapshot
 
@@ -109,7 +110,7 @@ def train_ganops(name: str, out: Path, points_min: list[float], seed: int) -> di
 
     def save(path: Path, G_ema, step: int, nimg: int) -> None:
         # How to rebuild G: the loop recorded it in training_options.json before the first step.
-        G_kwargs = json.loads((Path(cfg.run_dir) / "training_options.json").read_text())["G_kwargs"]
+        G_kwargs = RunDir(cfg.run_dir).read_json(RunDir.OPTIONS)["G_kwargs"]
         save_snapshot(path, G_ema, dict(arch=cfg.arch, G_kwargs=G_kwargs, **G_kwargs, kimg=nimg / 1000, step=step,
                                         contender=name))
 
