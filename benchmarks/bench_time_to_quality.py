@@ -14,11 +14,14 @@ does (data loading, steps, grids, checkpoints) except the benchmark's own snapsh
     .venv/bin/python benchmarks/bench_time_to_quality.py run --contenders default,reference --budget-min 15 \
         --points-min 3.75,7.5,15 --num-samples 10000        # trains both at once (cores 0 and 1), then evaluates
     .venv/bin/python benchmarks/bench_time_to_quality.py evaluate --num-samples 10000   # re-evaluate kept snapshots
+    .venv/bin/python benchmarks/bench_time_to_quality.py report   # re-render table, plot, curves from the JSON
 
 Outputs: under ``--out`` (default ``benchmarks/ttq``, not versioned) the ``<contender>/t<seconds>.pt`` snapshots and
 ``<contender>/train.json``, so an evaluation can be redone without retraining; the results go to
 ``benchmarks/ttq_results.json`` and stdout, the table to ``benchmarks/ttq_results.md`` and the plot (FID against
-training minutes, log scales) to ``benchmarks/ttq.png``.
+training minutes, log scales) to ``benchmarks/ttq.png``, and one curve per contender (columns train_min, kimg, fid)
+to ``benchmarks/ttq_curves/<contender>.csv``, the files of the ``time_to_quality`` plot in ``dvc.yaml``
+(``dvc plots show``).
 """
 
 from __future__ import annotations
@@ -207,9 +210,29 @@ def _table(results: dict[str, list[dict]], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _curves(results: dict[str, list[dict]], out_dir: Path) -> None:
+    """One CSV per contender (train_min, kimg, fid): the files of dvc.yaml's time_to_quality plot."""
+    out_dir.mkdir(exist_ok=True)
+    for name, rows in results.items():
+        lines = ["train_min,kimg,fid"] + [f"{r['train_s'] / 60:.4f},{r['kimg']:.3f},{r['fid']:.4f}" for r in rows]
+        (out_dir / f"{name}.csv").write_text("\n".join(lines) + "\n")
+
+
+def _write_outputs(out: dict[str, Any]) -> None:
+    """ttq_results.json, the markdown table, the PNG plot and the DVC plot curves of one results object."""
+    info, results = out["machine"], out["results"]
+    header = (f"Measured {out['date']} on {info['cpu']} ({info['cpu_capability']}), one core per contender, "
+              f"FID of {out['num_samples']} G samples vs {out['num_real']} Fashion-MNIST test images (the Lucic "
+              "protocol itself uses 10,000 vs 10,000).")
+    (HERE / "ttq_results.json").write_text(json.dumps(out, indent=1))
+    (HERE / "ttq_results.md").write_text(_table(results, header))
+    _plot(results, HERE / "ttq.png", f"time to quality, {info['cpu']}")
+    _curves(results, HERE / "ttq_curves")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=["run", "train", "evaluate"])
+    ap.add_argument("command", choices=["run", "train", "evaluate", "report"])
     ap.add_argument("--contenders", default="default,reference",
                     help=f"comma list of {', '.join(CONTENDERS)} (run: at most 2, one per core)")
     ap.add_argument("--budget-min", type=float, default=15.0)
@@ -228,6 +251,12 @@ def main(argv: list[str] | None = None) -> None:
     points = _points(a.points_min or f"{a.budget_min / 4},{a.budget_min / 2},{a.budget_min}")
     if points[-1] > a.budget_min:
         raise SystemExit(f"--points-min {points} go past --budget-min {a.budget_min}")
+    if a.command == "report":
+        results_file = HERE / "ttq_results.json"
+        if not results_file.is_file():
+            raise SystemExit(f"{results_file} not found: run the benchmark (run or evaluate) first")
+        _write_outputs(json.loads(results_file.read_text()))
+        return
     a.out.mkdir(parents=True, exist_ok=True)
 
     if a.command == "train":  # one contender, in this process (run pins it to a core)
@@ -258,17 +287,11 @@ def main(argv: list[str] | None = None) -> None:
         old = json.loads(previous.read_text())
         if (old.get("num_samples"), old.get("num_real")) == (a.num_samples, a.num_real):
             results = {**old["results"], **results}
-    info = machine()
-    header = (f"Measured {dt.date.today()} on {info['cpu']} ({info['cpu_capability']}), one core per contender, "
-              f"FID of {a.num_samples} G samples vs {a.num_real} Fashion-MNIST test images (the Lucic protocol "
-              "itself uses 10,000 vs 10,000).")
-    out = {"date": str(dt.date.today()), "machine": info, "num_samples": a.num_samples, "num_real": a.num_real,
+    out = {"date": str(dt.date.today()), "machine": machine(), "num_samples": a.num_samples, "num_real": a.num_real,
            "contenders": {n: CONTENDERS[n][0] for n in results}, "results": results,
            "train": {n: json.loads((a.out / n / "train.json").read_text()) for n in results
                      if (a.out / n / "train.json").is_file()}}
-    (HERE / "ttq_results.json").write_text(json.dumps(out, indent=1))
-    (HERE / "ttq_results.md").write_text(_table(results, header))
-    _plot(results, HERE / "ttq.png", f"time to quality, {info['cpu']}")
+    _write_outputs(out)
     print(json.dumps(out))
 
 

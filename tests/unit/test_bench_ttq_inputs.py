@@ -48,3 +48,25 @@ def test_clock_keeps_a_snapshot_at_each_point_and_excludes_its_own_time(ttq, tmp
     assert clock.tick(13, 832, G)  # the last point reached: stop
     assert [s[0] for s in saved] == ["t00060.pt", "t00120.pt"]
     assert [p["kimg"] for p in clock.kept] == [0.704, 0.832] and clock.kept[1]["train_s"] == pytest.approx(120.5)
+
+
+def test_report_rerenders_table_plot_and_dvc_curves_from_the_results_json(ttq, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(ttq, "HERE", tmp_path)
+    with pytest.raises(SystemExit, match="ttq_results.json not found"):
+        ttq.main(["report"])
+    rows = {"default": [{"train_s": 120.0, "kimg": 47.9, "fid": 98.05, "num_generated": 1000, "num_real": 2000},
+                        {"train_s": 480.0, "kimg": 194.4, "fid": 52.53, "num_generated": 1000, "num_real": 2000,
+                         "precision": 0.41, "recall": 0.44, "density": 0.36, "coverage": 0.5}],
+            "reference": [{"train_s": 480.6, "kimg": 48.4, "fid": 154.6, "num_generated": 1000, "num_real": 2000}]}
+    (tmp_path / "ttq_results.json").write_text(json.dumps({
+        "date": "2026-12-05", "machine": {"cpu": "AMD EPYC", "cpu_capability": "AVX2"}, "num_samples": 1000,
+        "num_real": 2000, "contenders": {}, "results": rows, "train": {}}))
+    ttq.main(["report"])
+    assert (tmp_path / "ttq_curves" / "default.csv").read_text().splitlines() == [
+        "train_min,kimg,fid", "2.0000,47.900,98.0500", "8.0000,194.400,52.5300"]
+    assert (tmp_path / "ttq_curves" / "reference.csv").read_text().splitlines()[1] == "8.0100,48.400,154.6000"
+    table = (tmp_path / "ttq_results.md").read_text()
+    assert "Measured 2026-12-05 on AMD EPYC (AVX2)" in table and "| default | 8.00 | 194.4 | 52.53 |" in table
+    assert (tmp_path / "ttq.png").stat().st_size > 0
