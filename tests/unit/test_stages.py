@@ -1,0 +1,83 @@
+"""ganops.stages: which DVC stages to run, and a stage's output streamed line by line while it runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from ganops.stages import MAX_LINE_CHARS, STAGES, changed_stages, stages_to_run, stream_lines
+
+
+# ---- Skipping DVC start-ups for stages `dvc status` reports unchanged ---------------------------------------------
+
+def test_stages_run_from_the_first_changed_one():
+    every = list(STAGES)
+    assert stages_to_run(every, set()) == []                              # a no-op: no `dvc repro` at all
+    assert stages_to_run(every, {"train"}) == ["train", "evaluate", "register"]
+    assert stages_to_run(every, {"register", "validate"}) == every[1:]   # order comes from the pipeline
+    assert stages_to_run(["evaluate", "register"], {"train"}) == []      # unselected upstream stays unrun
+    assert stages_to_run(every, None) == every                            # status unknown: ask DVC per stage
+
+
+def test_changed_stages_is_none_when_dvc_status_fails(tmp_path):
+    assert changed_stages(tmp_path) is None  # not a DVC repository
+
+
+def test_stream_lines_delivers_lines_while_the_stage_runs():
+    # The child prints a line, then waits until the parent has seen it: only a streaming reader can pass this.
+    import subprocess
+    import tempfile
+    import time
+
+    flag = Path(tempfile.mkdtemp()) / "seen"
+    script = ("import sys, time, pathlib\n"
+              "print('first line', flush=True)\n"
+              "sys.stderr.write('bar 10%\\rbar 50%\\rbar 100%\\n'); sys.stderr.flush()\n"
+              f"p = pathlib.Path({str(flag)!r})\n"
+              "t = time.time()\n"
+              "while not p.exists() and time.time() - t < 20: time.sleep(0.05)\n"
+              "print('saw flag' if p.exists() else 'no flag', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen: list[str] = []
+
+    def on_line(line: str) -> None:
+        seen.append(line)
+        if line == "first line":
+            flag.touch()
+
+    t0 = time.time()
+    output = stream_lines(proc, on_line)
+    assert seen == ["first line", "bar 10%", "bar 50%", "bar 100%", "saw flag"]
+    assert proc.returncode == 0 and "saw flag" in output and time.time() - t0 < 20
+
+
+def test_stream_lines_keeps_split_utf8_whole_and_cuts_endless_lines():
+    import subprocess
+
+    script = ("import sys, time\n"
+              "out = sys.stdout.buffer\n"
+              "for b in 'é€ ok\\n'.encode():\n"
+              "    out.write(bytes([b])); out.flush(); time.sleep(0.002)\n"
+              f"out.write(b'x' * ({MAX_LINE_CHARS} * 2 + 5) + b'\\r\\n' + b'last'); out.flush()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen: list[str] = []
+    stream_lines(proc, seen.append)
+    assert seen[0] == "é€ ok"
+    assert [len(s) for s in seen[1:4]] == [MAX_LINE_CHARS, MAX_LINE_CHARS, 5]
+    assert seen[4:] == ["last"]
+
+
+def test_stream_lines_kills_the_child_when_the_consumer_fails():
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(60)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def boom(line: str) -> None:
+        raise RuntimeError("consumer failed")
+
+    with pytest.raises(RuntimeError, match="consumer failed"):
+        stream_lines(proc, boom)
+    assert proc.returncode is not None  # killed and reaped, not left running
