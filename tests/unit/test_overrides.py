@@ -11,7 +11,8 @@ import yaml
 
 from ganops.config import ConfigError, load_params
 from ganops.overrides import (
-    _SECTION_OVERRIDES, PipelineOverrides, apply_overrides, parse_overrides, parse_set_args, validate_overrides,
+    _SECTION_OVERRIDES, PipelineOverrides, apply_overrides, check_params_path, parse_overrides, parse_set_args,
+    resolve_overrides, validate_overrides,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,3 +99,56 @@ def test_overrides_nested_and_dotted_forms_agree_and_only_set_keys_count():
 def test_bad_overrides_name_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message):
         parse_overrides(overrides)
+
+
+# ---- The params.yaml writer and the project checks ------------------------------------------------------------------
+
+def test_apply_overrides_round_trip_keeps_comments_order_and_other_keys(project):
+    path = project / "params.yaml"
+    before = path.read_text()
+    apply_overrides(path, {"train.lr_g": 0.0001, "evaluate.num_samples": 64})
+    after = path.read_text()
+    # Every comment stays, on its key's line; key order and every value not overridden are unchanged.
+    comments = [(line.split(":")[0], line.split("#", 1)[1]) for line in before.splitlines() if "#" in line]
+    assert comments == [(line.split(":")[0], line.split("#", 1)[1]) for line in after.splitlines() if "#" in line]
+    old, new = yaml.safe_load(before), yaml.safe_load(after)
+    assert [k for k in new] == [k for k in old] and list(new["train"]) == list(old["train"])
+    old["train"]["lr_g"], old["evaluate"]["num_samples"] = 0.0001, 64
+    assert new == old
+    reread = load_params(path)
+    assert (reread.train.lr_g, reread.evaluate.num_samples) == (0.0001, 64)
+    apply_overrides(path, {})  # nothing to write: the text stays the same
+    assert path.read_text() == after
+
+
+def test_parse_overrides_error_names_the_key_and_how_to_spell_overrides():
+    with pytest.raises(ConfigError) as info:
+        parse_overrides({"train.total_kimg": -1, "train.batch_size": "many"})
+    message = str(info.value)
+    assert message.startswith("invalid parameters in overrides:")
+    assert "- train.total_kimg: Input should be greater than 0 (got -1)" in message
+    assert "- train.batch_size:" in message and "-S train.loss=hinge" in message
+
+
+def test_parse_overrides_passes_a_model_through_and_set_args_strip_keys():
+    model = parse_overrides({"seed": 1})
+    assert parse_overrides(model) is model and isinstance(model, PipelineOverrides)
+    assert parse_set_args([" seed =2"]) == {"seed": 2}
+
+
+def test_check_params_path_accepts_only_the_projects_params_yaml(project):
+    assert check_params_path(project, "params.yaml") == (project / "params.yaml").resolve()
+    assert check_params_path(project, "./sub/../params.yaml") == (project / "params.yaml").resolve()
+    with pytest.raises(ValueError, match="DVC stages read"):
+        check_params_path(project, "other.yaml")
+
+
+def test_resolve_overrides_validates_against_params_yaml_and_writes_nothing(project):
+    path = project / "params.yaml"
+    before = path.read_text()
+    params_file, params, typed = resolve_overrides(project, "params.yaml", {"train": {"loss": "hinge"}})
+    assert params_file == path.resolve() and typed == {"train.loss": "hinge"} and params.train.loss == "hinge"
+    assert resolve_overrides(project, "params.yaml", None)[2] == {}
+    with pytest.raises(ConfigError, match="prepare.folder must be set"):
+        resolve_overrides(project, "params.yaml", {"prepare.source": "folder"})
+    assert path.read_text() == before

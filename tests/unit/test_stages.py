@@ -81,3 +81,40 @@ def test_stream_lines_kills_the_child_when_the_consumer_fails():
     with pytest.raises(RuntimeError, match="consumer failed"):
         stream_lines(proc, boom)
     assert proc.returncode is not None  # killed and reaped, not left running
+
+
+def test_stage_failed_marks_lock_and_busy_store_failures_transient_and_keeps_the_tail():
+    from ganops.stages import OUTPUT_TAIL_CHARS, StageFailed
+
+    held = StageFailed("train", 1, "ERROR: Unable to acquire lock. Most likely another DVC process is running")
+    real = StageFailed("train", 2, "x" * (OUTPUT_TAIL_CHARS + 10) + "boom")
+    assert held.transient and not real.transient
+    assert (real.stage, real.returncode) == ("train", 2)
+    assert str(real).endswith("boom") and "stage 'train' failed (dvc exit code 2)" in str(real)
+    assert len(str(real).split("last output:\n", 1)[1]) == OUTPUT_TAIL_CHARS
+
+
+def test_retry_if_transient_retries_only_a_transient_stage_failure():
+    from ganops.stages import StageFailed, retry_if_transient
+
+    class State:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def result(self, raise_on_failure=True):
+            return self.exc
+
+    assert retry_if_transient(None, None, State(StageFailed("train", 1, "database is locked")))
+    assert not retry_if_transient(None, None, State(StageFailed("train", 1, "CUDA out of memory")))
+    assert not retry_if_transient(None, None, State(RuntimeError("database is locked")))
+
+
+def test_stage_env_puts_the_venv_first_and_sets_or_clears_the_run_id(monkeypatch):
+    from ganops.stages import stage_env
+    from ganops.tracking import ENV_RUN_ID
+
+    monkeypatch.setenv(ENV_RUN_ID, "stale")
+    env = stage_env("abc")
+    assert env[ENV_RUN_ID] == "abc" and env["PATH"].startswith(str(Path(sys.executable).parent))
+    assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert ENV_RUN_ID not in stage_env(None)
