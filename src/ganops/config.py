@@ -218,14 +218,29 @@ class ConfigError(ValueError):
     """``params.yaml`` (or an override) is invalid; the message names every bad field."""
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+PARAMS_HINT = "Fix these keys in params.yaml (see README, 'Parameters')."
+
+
+def format_validation_error(err: ValidationError, source: str, hint: str = PARAMS_HINT) -> str:
+    """A pydantic error over :class:`Params` (or a model mirroring it) as one line per bad field.
+
+    Args:
+        err: the validation error.
+        source: what was validated, e.g. a file name or ``"overrides"``; the heading reads
+            ``invalid parameters in <source>:``.
+        hint: the closing line telling the user where to fix the keys.
+
+    Returns:
+        The message, e.g. ``"invalid parameters in params.yaml:\n  - train.total_kimg: Input should be greater
+        than 0 (got -1)\n<hint>"``; locations use the params.yaml names (``validate``, not ``validate_``).
+    """
     lines = [f"invalid parameters in {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate").replace("register_", "register")
         got = e.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"  - {loc}: {e['msg']}{got_s}")
-    lines.append("Fix these keys in params.yaml (see README, 'Parameters').")
+    lines.append(hint)
     return "\n".join(lines)
 
 
@@ -238,7 +253,7 @@ def parse_params(raw: dict[str, Any] | None, source: str = "<dict>") -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source)) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -14,7 +14,7 @@ Policy (the ``register`` stage):
   read-decide-write of the aliases holds an inter-process lock (:func:`_alias_lock`), so concurrent registrations
   end consistent: the best comparable FID holds ``champion``.
 
-Each version carries a model card: a Markdown description (see :func:`_model_card`; the MLflow UI renders it on the
+Each version carries a model card: a Markdown description (see :func:`ganops.model_card.model_card`; the MLflow UI renders it on the
 version page) and tags. Both hold FID/KID with protocol and sample counts, dataset sha256, git commit, DVC data
 version (md5 of the prepared directory in ``dvc.lock``), training wall time, architecture and loss. The sample grid
 is logged with the model and as run artifact ``model_card/samples-<snapshot sha256[:12]>.png``, which the
@@ -36,12 +36,13 @@ from typing import Any
 
 from ganops.config import RegisterConfig
 from ganops.io import read_json, sha256_file, write_json
+from ganops.model_card import model_card, model_signature
+from ganops.provenance import dataset_sha256, dvc_out_md5, git_commit
+from ganops.rundir import RunDir
 from ganops.tracking import STATUS_TAG, read_run_id, tracking_uri
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FILE = "network-snapshot.pt"
-SAMPLE_GRID_FILE = "fakes-latest.png"
 GRID_ARTIFACT_DIR = "model_card"  # run artifact folder of the sample grids linked from model cards
 MODEL_CODE_FILE = Path(__file__).with_name("_mlflow_model_code.py")
 # What the pyfunc needs at load time; versions are read from this environment without local tags ("+cpu"),
@@ -90,10 +91,6 @@ def pip_requirements() -> list[str]:
         except PackageNotFoundError:
             continue
     return reqs
-
-
-def _optional_json(path: Path) -> dict[str, Any]:
-    return read_json(path) if path.is_file() else {}
 
 
 def _check_training_run(client: Any, run_id: str) -> None:
@@ -168,145 +165,6 @@ def choose_alias(new_fid: float, new_tags: dict[str, str], champion_fid: float |
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _signature(meta: dict[str, Any]) -> tuple[Any, Any]:
-    import numpy as np
-    import pandas as pd
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
-    from mlflow.types.schema import AnyType
-
-    conditional = int(meta.get("num_classes", 0) or 0) > 0
-    cols = [ColSpec("long", "num_images"), ColSpec("long", "seed")]
-    example = {"num_images": [2], "seed": [0]}
-    if conditional:
-        # "any", not long: pandas stores an integer column with an empty cell ([2, None]) as float64 with NaN, which
-        # MLflow's schema check refuses to cast to long (and it refuses int64 -> double); the model itself checks
-        # that each label is empty or an integer in 0..K-1.
-        cols.append(ColSpec(AnyType(), "class_label", required=False))
-        example["class_label"] = [0]
-    shape = (-1, int(meta["resolution"]), int(meta["resolution"]), int(meta["channels"]))
-    sig = ModelSignature(inputs=Schema(cols), outputs=Schema([TensorSpec(np.dtype(np.uint8), shape)]))
-    return sig, pd.DataFrame({k: np.asarray(v, dtype=np.int64) for k, v in example.items()})
-
-
-def _short(value: str, n: int = 12) -> str:
-    return f"{value[:n]}…" if len(value) > n else value
-
-
-def _model_card(model_name: str, version: str, meta: dict[str, Any], ev: dict[str, Any], tags: dict[str, str],
-                run: Any, grid_artifact: str | None) -> str:
-    """The version's description: Markdown (the MLflow UI renders it on the model version page).
-
-    What the model is, its FID/KID with the measurement protocol and sample counts, where it came from (dataset
-    content hash, DVC data version, git commit, training run and time), its sample grid (a run artifact, shown
-    inline and linked) and how to load it and draw images. MLflow caps a description at 5000 characters.
-    """
-    from urllib.parse import quote
-
-    k = int(meta.get("num_classes", 0) or 0)
-    res, ch = int(meta["resolution"]), int(meta["channels"])
-    kind = f"class-conditional ({k} classes)" if k else "unconditional"
-    kid_std = ev.get("kid_std")
-    kid = f"{float(tags['kid']):.5f}" + (f" ± {float(kid_std):.5f}" if isinstance(kid_std, (int, float)) else "")
-    num_real = ev.get("num_real", "?")
-    weights = str(ev.get("weights_sha256") or "unknown")
-    run_id, exp_id = run.info.run_id, run.info.experiment_id
-    lines = [
-        # Plain first line: the registered model's versions table previews the description's start as raw text.
-        f"{model_name} v{version}: {tags['arch']} GAN generator (G_ema), {kind}, {res}×{res}×{ch} uint8 images, "
-        f"FID {float(ev['fid']):.3f}.",
-        "",
-        f"Trained {tags['kimg']} kimg (thousands of real images shown to D) with the `{tags['loss']}` loss in "
-        f"{tags['train_wall_time_s']} s.",
-        "",
-        "| quality | value |",
-        "|---|---|",
-        f"| FID (lower is better) | **{float(ev['fid']):.3f}** |",
-        f"| KID | {kid} |",
-        f"| protocol | `{tags['protocol']}`: {tags['num_samples']} generated vs {num_real} real images of the prepared "
-        f"test split, TF-Inception 2015-12-05 pool3 (weights sha256 `{_short(weights)}`) |",
-        "",
-        "| provenance | value |",
-        "|---|---|",
-        f"| dataset content sha256 | `{_short(tags['dataset_sha256'], 16)}` |",
-        f"| DVC data version (md5 of the prepared data in dvc.lock) | `{tags['dvc_data_md5']}` |",
-        f"| git commit | `{tags['git_commit']}` |",
-        f"| training run | [{run.info.run_name or run_id}](#/experiments/{exp_id}/runs/{run_id}) (`{run_id}`) |",
-        f"| training wall time | {tags['train_wall_time_s']} s |",
-        f"| snapshot sha256 | `{_short(tags['snapshot_sha256'], 16)}` (full hashes: version tags) |",
-        "",
-    ]
-    if grid_artifact:
-        src = f"get-artifact?path={quote(grid_artifact, safe='')}&run_uuid={run_id}"
-        lines += [f"**Samples** (run artifact [`{grid_artifact}`](#/experiments/{exp_id}/runs/{run_id}/artifactPath/"
-                  f"{grid_artifact})):", "", f"![sample grid of {model_name} v{version}]({src})", ""]
-    else:
-        lines += ["**Samples**: no sample grid was found in the training run directory.", ""]
-    example = ', "class_label": [0]' if k else ""
-    lines += [
-        "**Use it** (needs only MLflow and the pinned requirements logged with the model):",
-        "",
-        "```python",
-        "import mlflow, pandas as pd",
-        f'model = mlflow.pyfunc.load_model("models:/{model_name}/{version}")  # or models:/{model_name}@champion',
-        f'images = model.predict(pd.DataFrame({{"num_images": [16], "seed": [0]{example}}}))',
-        f"# numpy uint8, shape (16, {res}, {res}, {ch}), values 0..255",
-        "```",
-        "",
-        "Input: a DataFrame, one request per row: `num_images` (int ≥ 1), `seed` (int ≥ 0; same seed, same images)"
-        + (f", `class_label` (int 0..{k - 1}; empty cycles through the classes)" if k else "")
-        + ". Output: uint8 (N, H, W, C), the rows' images concatenated in order.",
-        "",
-        f"CLI: `ganops generate --model-uri models:/{model_name}/{version} --n 64 --out grid.png`",
-    ]
-    return "\n".join(lines)
-
-
-def git_commit(cwd: str | Path = ".") -> str:
-    """``git rev-parse HEAD`` in ``cwd`` (suffix ``-dirty`` when tracked files differ), or ``unknown``."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True,
-                              timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head}-dirty" if dirty else head
-
-
-def dvc_out_md5(lock_path: str | Path, out_path: str | Path) -> str | None:
-    """The md5 DVC recorded for output ``out_path`` in ``dvc.lock`` (a directory's ends in ``.dir``), or None.
-
-    This is the DVC data version: ``dvc checkout`` / ``dvc pull`` of that lock restores exactly this content.
-    """
-    import yaml
-
-    lock_path = Path(lock_path)
-    if not lock_path.is_file():
-        return None
-    stages = (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {})
-    want = Path(out_path).as_posix().rstrip("/")
-    for stage in stages.values():
-        for out in stage.get("outs", []) or []:
-            if Path(str(out.get("path", ""))).as_posix().rstrip("/") == want and out.get("md5"):
-                return str(out["md5"])
-    return None
-
-
-def _dataset_sha256(ev: dict[str, Any], train_summary: dict[str, Any], options: dict[str, Any]) -> str | None:
-    """Content hash of the prepared data G was trained on: recorded directly, else from its ``summary.json``."""
-    for src in (ev, train_summary, options):
-        if src.get("dataset_sha256"):
-            return str(src["dataset_sha256"])
-    if not options.get("prepared_dir"):
-        return None
-    summary = Path(str(options["prepared_dir"])) / "summary.json"
-    sha = read_json(summary).get("dataset_sha256") if summary.is_file() else None
-    return str(sha) if sha else None
-
-
 @contextlib.contextmanager
 def _active_run(run_id: str) -> Iterator[None]:
     """Make ``run_id`` the active fluent run for ``log_model`` unless it already is."""
@@ -363,7 +221,7 @@ def register(cfg: RegisterConfig, *, run_dir: str | Path, eval_json: str | Path,
     """
     run_dir = Path(run_dir)
     ev = read_evaluation(eval_json)
-    snapshot = run_dir / SNAPSHOT_FILE
+    snapshot = RunDir(run_dir).snapshot
     if not snapshot.is_file():
         raise FileNotFoundError(f"generator snapshot {snapshot} not found: run the train stage first")
     snapshot_sha = sha256_file(snapshot)
@@ -425,9 +283,9 @@ def _log_and_register(cfg: RegisterConfig, client: Any, run_id: str, run_dir: Pa
     from ganops.training.snapshot import load_generator
 
     _, meta = load_generator(snapshot, device="cpu")
-    options = _optional_json(run_dir / "training_options.json")
-    train_summary = _optional_json(run_dir / "train.json")
-    dataset_sha = _dataset_sha256(ev, train_summary, options) or client.get_run(run_id).data.params.get(
+    run = RunDir(run_dir)
+    options, train_summary = run.read_json(RunDir.OPTIONS), run.read_json(RunDir.SUMMARY)
+    dataset_sha = dataset_sha256(ev, train_summary, options) or client.get_run(run_id).data.params.get(
         "dataset_sha256", "unknown")
     tags = {
         "fid": repr(float(ev["fid"])), "kid": repr(float(ev.get("kid_mean", float("nan")))),
@@ -444,13 +302,13 @@ def _log_and_register(cfg: RegisterConfig, client: Any, run_id: str, run_dir: Pa
         if ev.get(src) is not None:
             tags[key] = repr(float(ev[src])) if key == "kid_std" else str(ev[src])
     artifacts = {"snapshot": str(snapshot)}
-    grid = run_dir / SAMPLE_GRID_FILE
+    grid = run.fakes_latest
     grid_artifact = None
     if grid.is_file():  # the model version carries its own samples (shown under the model's artifacts)
         artifacts["sample_grid"] = str(grid)
         grid_artifact = _log_grid_to_run(client, run_id, grid, snapshot_sha)
         tags["sample_grid_run_artifact"] = grid_artifact
-    signature, example = _signature(meta)
+    signature, example = model_signature(meta)
     with _active_run(run_id):
         info = mlflow.pyfunc.log_model(
             name="generator", python_model=str(MODEL_CODE_FILE), artifacts=artifacts,
@@ -460,9 +318,9 @@ def _log_and_register(cfg: RegisterConfig, client: Any, run_id: str, run_dir: Pa
     if grid.is_file():
         # A plain artifact URI (file://, s3://...): downloadable and clickable, unlike a models:/m-<id> path.
         root = mlflow.get_logged_model(info.model_id).artifact_location.rstrip("/")
-        tags["sample_grid"] = f"{root}/artifacts/{SAMPLE_GRID_FILE}"
+        tags["sample_grid"] = f"{root}/artifacts/{grid.name}"
     mv = mlflow.register_model(info.model_uri, cfg.model_name, tags=tags)
-    card = _model_card(cfg.model_name, str(mv.version), meta, ev, tags, client.get_run(run_id), grid_artifact)
+    card = model_card(cfg.model_name, str(mv.version), meta, ev, tags, client.get_run(run_id), grid_artifact)
     client.update_model_version(cfg.model_name, mv.version, description=card)
     # Read the champion, decide and move the aliases as one critical section: two registrations at once must not
     # both see "no champion" and both claim it.

@@ -12,6 +12,9 @@ import sys
 import pytest
 import yaml
 
+from ganops.config import ConfigError
+from ganops.sweep import run_dvc
+
 from .conftest import project_env, tracking_client
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +63,7 @@ def test_sweep_registers_only_the_best_experiment(tiny_project, prefect_harness,
     assert best["fid"] < loser["fid"] and out["best"] == best["name"]
 
     # Both are DVC experiments with their own metrics.
-    proc = sweep._run([sys.executable, "-m", "dvc", "exp", "show", "--json"], tiny_project)
+    proc = run_dvc([sys.executable, "-m", "dvc", "exp", "show", "--json"], tiny_project)
     assert proc.returncode == 0, proc.stderr
     shown = json.dumps(json.loads(proc.stdout))
     assert "lr-2e-4" in shown and "lr-1e-6" in shown
@@ -93,7 +96,7 @@ def test_sweep_registers_only_the_best_experiment(tiny_project, prefect_harness,
 
 def test_sweep_rejects_a_bad_point_before_any_experiment(tiny_project, monkeypatch):
     sweep = _load_sweep(tiny_project, monkeypatch)
-    with pytest.raises(sweep.ConfigError, match=r"(?s)sweep point 1 \(b\).*- train.lr_g: Input should be greater than 0"):
+    with pytest.raises(ConfigError, match=r"(?s)sweep point 1 \(b\).*- train.lr_g: Input should be greater than 0"):
         sweep.ganops_sweep.fn(points=[{"train.lr_g": 1e-4}, {"train.lr_g": -1}], names=["a", "b"],
                               project_dir=str(tiny_project))
     with pytest.raises(ValueError, match="names must be unique"):

@@ -256,7 +256,7 @@ def test_generate_images_rejects_bad_requests(frame, num_classes, message):
 def test_git_commit_and_dvc_out_md5(tmp_path):
     import subprocess
 
-    from ganops.registry import dvc_out_md5, git_commit
+    from ganops.provenance import dvc_out_md5, git_commit
 
     assert git_commit(tmp_path) == "unknown"
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
