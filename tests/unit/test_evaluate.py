@@ -237,7 +237,7 @@ def test_metric_fn_and_evaluate_generator_share_one_path(tmp_path, monkeypatch):
 
     fake = np.concatenate([ex.features(quantize_to_uint8(b)).numpy()
                            for b in iter_samples(G, 30, seed=3, batch_size=16, device=torch.device("cpu"))])
-    real = ex.features(load_split(prepared, "test")[0][:30]).numpy()
+    real = ex.features(np.array(load_split(prepared, "test")[0][:30])).numpy()
     assert out["fid"] == pytest.approx(fid_from_features(fake, real), rel=1e-6)
     assert len(list((tmp_path / "cache").glob("test-30-*.npz"))) == 1  # reference statistics cached once
 

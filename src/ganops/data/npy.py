@@ -36,6 +36,8 @@ class RowReader:
         ValueError: ``array`` is not a whole, C-contiguous memory-mapped file array.
     """
 
+    _fd = -1
+
     def __init__(self, array: np.memmap):
         filename = getattr(array, "filename", None)
         if not isinstance(array, np.memmap) or filename is None or not array.flags.c_contiguous:
@@ -57,7 +59,7 @@ class RowReader:
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise IndexError(f"row index out of range 0..{n - 1} in {self.path}")
         out = np.empty((len(idx), *self.shape[1:]), self.dtype)
-        rows = out.reshape(len(idx), -1).view(np.uint8)
+        rows = out.reshape(len(idx), self._row_bytes // self.dtype.itemsize).view(np.uint8)
         for j, i in enumerate(idx.tolist()):
             if os.preadv(self._fd, [rows[j]], self._offset + i * self._row_bytes) != self._row_bytes:
                 raise DataError(f"{self.path}: short read at row {i}; the file is truncated, re-run prepare")
