@@ -37,8 +37,8 @@ def test_prepare_synthetic_outputs_match_inputs(tmp_path, fashion_dir):
     src, arrays = fashion_dir
     summary = prepare(cfg(tmp_path, src))
     out = tmp_path / "prepared"
-    assert sorted(p.name for p in out.iterdir()) == [
-        "metadata.parquet", "summary.json", "test-images.npy", "test-labels.npy", "train-images.npy", "train-labels.npy"]
+    assert sorted(p.name for p in out.iterdir()) == ["metadata.parquet", "summary.json", "test-images.npy",
+                                                     "test-labels.npy", "train-images.npy", "train-labels.npy"]
     for split in ("train", "test"):
         images, labels = load_split(out, split)
         assert images.dtype == np.uint8 and images.shape == (len(arrays[split][0]), 1, 28, 28)

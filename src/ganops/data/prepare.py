@@ -12,10 +12,10 @@
 - ``summary.json``: ``source, resolution, channels, num_classes, class_names, counts {train, test},
   dataset_sha256, skipped`` (``[{path, reason}]`` of refused files; empty unless ``on_bad_image=skip``).
 
-The images stream from the source to disk in chunks of ``CHUNK_IMAGES``: the decoded pixels of a split are never in
-memory at once (a folder is decoded in order into a scratch file, then copied into the splits row by row), and the
-per-image metadata and the dataset hash are computed chunk by chunk. What stays in memory is O(N) but small: the
-labels, and the metadata table (~0.3 KB per image for a folder).
+The images stream from the source to disk in chunks (``CHUNK_IMAGES`` images, at most ``CHUNK_BYTES``): the
+decoded pixels of a split are never in memory at once (a folder is decoded in order into a scratch file, then copied
+into the splits row by row), and the per-image metadata and the dataset hash are computed chunk by chunk. What stays
+in memory is O(N) but small: the labels, and the metadata table (~0.3 KB per image for a folder).
 
 Everything is written into a temporary sibling directory which then replaces ``out_dir`` by rename, so a failure
 never leaves partial output, and a previous ``out_dir`` stays intact until the new one is complete. A full disk or
@@ -48,8 +48,9 @@ from ganops.io import atomic_write, output_error, write_json
 from ganops.progress import progress_bar
 
 SPLITS = ("train", "test")
-CHUNK_IMAGES = 1024  # images decoded, written and hashed at a time
-_STATS_CHUNK = 8192  # images per chunk when computing float64 pixel statistics
+CHUNK_IMAGES = 1024  # images decoded, written and hashed at a time, at most ...
+CHUNK_BYTES = 64 * 2**20  # ... and at most this many decoded bytes (256 x 256 RGB: 341 images)
+_STATS_VALUES = 2**22  # pixel values converted to float64 at a time for the statistics (32 MB)
 
 
 @dataclass
@@ -122,8 +123,14 @@ def _from_fashion_mnist(cfg: PrepareConfig, raw: dict[str, tuple[np.ndarray, np.
 
 
 def _converted_chunks(images: np.ndarray, *, resolution: int, channels: int):
-    for lo in range(0, len(images), CHUNK_IMAGES):
-        yield to_nchw(images[lo : lo + CHUNK_IMAGES], resolution=resolution, channels=channels), None
+    step = chunk_images((channels, resolution, resolution))
+    for lo in range(0, len(images), step):
+        yield to_nchw(images[lo : lo + step], resolution=resolution, channels=channels), None
+
+
+def chunk_images(shape: tuple[int, ...]) -> int:
+    """Images per chunk for images of ``shape`` (C, H, W) uint8: ``CHUNK_IMAGES``, fewer for large images."""
+    return int(np.clip(CHUNK_BYTES // max(int(np.prod(shape)), 1), 1, CHUNK_IMAGES))
 
 
 def to_nchw(images: np.ndarray, *, resolution: int, channels: int) -> np.ndarray:
@@ -146,7 +153,7 @@ def _from_folder(cfg: PrepareConfig, seed: int, folder, scratch: Path) -> tuple[
     good: list[FolderImage] = []  # pixels dropped: only the file facts stay in memory
     with open(scratch, "wb") as raw, progress_bar(total=len(files), desc="prepare: decode", unit="img") as bar:
         for chunk in decode_files(cfg.folder, files, resolution=cfg.resolution, channels=cfg.channels,
-                                  max_image_pixels=cfg.max_image_pixels, chunk_size=CHUNK_IMAGES):
+                                  max_image_pixels=cfg.max_image_pixels, chunk_size=chunk_images(shape)):
             for r in chunk:
                 if isinstance(r, BadImage):
                     bad.append(r)
@@ -180,11 +187,12 @@ def _from_folder(cfg: PrepareConfig, seed: int, folder, scratch: Path) -> tuple[
 
 
 def _scratch_chunks(scratch: Path, shape: tuple[int, int, int], rows: np.ndarray, good: list[FolderImage]):
-    """The images at ``rows`` of the scratch file with their folder columns, ``CHUNK_IMAGES`` at a time."""
+    """The images at ``rows`` of the scratch file with their folder columns, one chunk at a time."""
     reader = RowReader(np.memmap(scratch, np.uint8, "r", shape=(len(good), *shape)))
+    step = chunk_images(shape)
     try:
-        for lo in range(0, len(rows), CHUNK_IMAGES):
-            chunk = rows[lo : lo + CHUNK_IMAGES]
+        for lo in range(0, len(rows), step):
+            chunk = rows[lo : lo + step]
             yield reader(chunk), _folder_columns([good[i] for i in chunk])
     finally:
         reader.close()
@@ -232,8 +240,9 @@ def pixel_stats(images: np.ndarray) -> dict[str, np.ndarray]:
     """Per-image ``mean``, ``std`` (population, float64) and ``min``, ``max`` (int64) of uint8 (N, ...) images."""
     flat = images.reshape(len(images), -1)
     mean, std = np.empty(len(flat)), np.empty(len(flat))
-    for lo in range(0, len(flat), _STATS_CHUNK):
-        chunk = flat[lo : lo + _STATS_CHUNK].astype(np.float64)
+    rows = max(1, _STATS_VALUES // max(flat.shape[1], 1))  # per-row results: the same for any chunking
+    for lo in range(0, len(flat), rows):
+        chunk = flat[lo : lo + rows].astype(np.float64)
         mean[lo : lo + len(chunk)] = chunk.mean(axis=1)
         std[lo : lo + len(chunk)] = chunk.std(axis=1)
     empty = flat.shape[1] == 0 or len(flat) == 0

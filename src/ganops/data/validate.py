@@ -1,8 +1,9 @@
 """``validate`` stage: a Great Expectations (GX Core 1.x) suite over the prepared metadata table.
 
 The image arrays are not read: their per-image statistics and hashes are in ``metadata.parquet`` (computed by
-prepare), and of the arrays only the ``.npy`` headers are checked (dtype, shape, row count = summary counts), so
-validation costs the same memory whatever the images' size. Four batches of ``metadata.parquet`` are validated in an ephemeral GX context (pandas data source):
+prepare), and of the arrays only the ``.npy`` headers are checked (dtype, shape, row count = summary counts), so the
+images' size does not change validation's memory. Four batches of ``metadata.parquet`` are validated in an
+ephemeral GX context (pandas data source):
 
 - ``metadata`` (all rows): required columns present; row count = summary counts; no nulls; ``split`` in
   {train, test}; ``label`` in the class set (``expected_classes`` or 0..K-1 from the summary); (split, index)
