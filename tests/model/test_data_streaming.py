@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -35,6 +36,8 @@ def test_streamed_and_resident_train_bit_identically(tmp_path, prepared, caplog)
                                    prepared_dir=prepared, seed=0, progress=False)
         expected = "streamed from disk" if mb == 0 else "resident on cpu"
         assert any(expected in r.getMessage() for r in caplog.records), name
+        options = json.loads((tmp_path / name / "training_options.json").read_text())
+        assert options["data_streamed"] is (mb == 0)
     assert outs["resident"]["step"] == outs["streamed"]["step"] == 5
     assert outs["resident"]["loss_G"] == outs["streamed"]["loss_G"]
     _assert_bit_identical(_weights(tmp_path / "resident"), _weights(tmp_path / "streamed"))

@@ -6,7 +6,7 @@ the training state file and the resume decision are ``ganops.training.state``; s
 ``ganops.training.schedules``. The loop writes the run directory (file names: ``ganops.rundir.RunDir``), the
 contract other stages read:
 
-    training_options.json     resolved config + derived values (device, resolution, G_kwargs, ...)
+    training_options.json     resolved config + derived values (device, resolution, G_kwargs, data_streamed, ...)
     stats.jsonl               one JSON object per logged step: step, kimg, loss_G, loss_D, D_real / D_fake (mean
                               raw D logit on the real / fake batch, i.e. D(x) and D(G(z)) before any sigmoid),
                               grad_norm_D, grad_norm_G (L2 over all parameters), gp / r1 / r2 when active, lr_G,
@@ -168,7 +168,7 @@ def training_loop(
     run.build(device, channels, resolution, num_classes, rt.use_graph, rt.memory_format)
     resumed_from_step = run.resume(rt.use_graph)
     G_train, D_train = ddp.wrap(run.G, rt.dist_info, device), ddp.wrap(run.D, rt.dist_info, device)  # after resume
-    run.write_options(prepared_dir, device, rt.amp_dtype, num_images, resumed_from_step)
+    run.write_options(prepared_dir, device, rt.amp_dtype, num_images, resumed_from_step, data.streamed)
     run.fixed_inputs(data, num_classes, device)
     step_fn = GANStep(G=run.G, D=run.D, G_train=G_train, D_train=D_train, G_ema=run.G_ema, opt_G=run.opt_G,
                       opt_D=run.opt_D, scaler=run.scaler, loss=loss, cfg=cfg, data=data,

@@ -175,14 +175,15 @@ class TrainingRun:
         return self.step
 
     def write_options(self, prepared_dir: str | Path, device: torch.device, amp_dtype: torch.dtype | None,
-                      num_images: int, resumed_from_step: int | None) -> None:
-        """``training_options.json``: the resolved config and what was derived from it (rank 0)."""
+                      num_images: int, resumed_from_step: int | None, data_streamed: bool = False) -> None:
+        """``training_options.json``: the resolved config and what was derived from it (rank 0); ``data_streamed``:
+        the train split is read from disk per batch (``train.resident_data_mb``)."""
         if self.is_main:
             write_json(self.rd.options, {
                 **self.cfg.model_dump(mode="json"), "seed": self.seed, "prepared_dir": str(prepared_dir),
                 "device": str(device),
                 "autocast_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
-                "num_images": num_images, "G_kwargs": self.G_kwargs, "D_kwargs": self.D_kwargs,
+                "num_images": num_images, "data_streamed": data_streamed, "G_kwargs": self.G_kwargs, "D_kwargs": self.D_kwargs,
                 "arch_config": self.arch_config, "resumed_from_step": resumed_from_step,
                 "torch_num_threads": torch.get_num_threads(), "world_size": self.dist_info.world_size,
             })
