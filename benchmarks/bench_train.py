@@ -44,6 +44,7 @@ from machine_info import machine  # noqa: E402
 from reference_dcgan import reference_train  # noqa: E402
 
 from ganops.config import TrainConfig  # noqa: E402
+from ganops.data.dataset import save_split  # noqa: E402
 from ganops.rundir import RunDir  # noqa: E402
 from ganops.training.loop import training_loop  # noqa: E402
 
@@ -68,12 +69,11 @@ def fashion_mnist(split: str, n: int) -> np.ndarray:
 
 
 def make_prepared(root: Path, images: np.ndarray) -> Path:
-    """A minimal prepared directory (train.npz + summary.json) holding ``images`` as the train split."""
+    """A minimal prepared directory (train and test splits + summary.json) holding ``images`` as the train split."""
     out = root / "prepared"
-    out.mkdir(exist_ok=True)
     labels = (np.arange(len(images)) % 10).astype(np.int64)
-    np.savez(out / "train.npz", images=images, labels=labels)
-    np.savez(out / "test.npz", images=images[:256], labels=labels[:256])
+    save_split(out, "train", images, labels)
+    save_split(out, "test", images[:256], labels[:256])
     (out / "summary.json").write_text(json.dumps({"num_classes": 10, "dataset_sha256": "bench"}))
     return out
 

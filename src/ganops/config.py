@@ -120,6 +120,11 @@ class TrainConfig(_Strict):
     cuda_graph: bool = Field(True, description="on CUDA, replay the training step as one captured CUDA graph "
                              "(not with DDP, R1, GP, DiffAugment or fp16, which train eagerly)")
     num_threads: int = Field(0, ge=0, description="torch intra-op CPU threads; 0 = torch default (all cores)")
+    resident_data_mb: float = Field(
+        1024.0, ge=0, allow_inf_nan=False,
+        description="train split up to this many MB (10^6 bytes) is copied to the device (fast, CUDA graph); a "
+                    "larger one is read from disk batch by batch (memory flat in its size, same numerics, no CUDA "
+                    "graph); 0 = always stream")
     log_every_steps: int = Field(10, ge=1, description="stats.jsonl / logger interval, in G steps")
     sample_every_kimg: float = Field(10.0, gt=0)
     checkpoint_every_kimg: float = Field(10.0, gt=0)

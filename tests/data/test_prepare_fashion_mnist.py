@@ -37,7 +37,8 @@ def test_prepare_synthetic_outputs_match_inputs(tmp_path, fashion_dir):
     src, arrays = fashion_dir
     summary = prepare(cfg(tmp_path, src))
     out = tmp_path / "prepared"
-    assert sorted(p.name for p in out.iterdir()) == ["metadata.parquet", "summary.json", "test.npz", "train.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["metadata.parquet", "summary.json", "test-images.npy",
+                                                     "test-labels.npy", "train-images.npy", "train-labels.npy"]
     for split in ("train", "test"):
         images, labels = load_split(out, split)
         assert images.dtype == np.uint8 and images.shape == (len(arrays[split][0]), 1, 28, 28)
@@ -62,6 +63,7 @@ def test_dataset_sha256_changes_with_one_pixel_or_label(tmp_path, fashion_dir):
     base = prepare(cfg(tmp_path, src))["dataset_sha256"]
     assert prepare(cfg(tmp_path, src))["dataset_sha256"] == base  # deterministic
     splits = {s: load_split(tmp_path / "prepared", s) for s in ("train", "test")}
+    assert dataset_sha256(splits) == base  # prepare's chunk-by-chunk digest = the whole-array definition
     images, labels = splits["test"]
     images = images.copy()
     images[3, 0, 5, 5] ^= 1

@@ -157,10 +157,10 @@ def test_prepare_disk_full_keeps_previous_prepared_data(tmp_path, monkeypatch):
     params = _prepare_params(tmp_path, out_dir)
     assert _cli("prepare", "--params", str(params)).exit_code == 0
     before = _tree(out_dir)
-    assert {"train.npz", "test.npz", "summary.json", "metadata.parquet"} <= set(before)
+    assert {"train-images.npy", "test-images.npy", "summary.json", "metadata.parquet"} <= set(before)
 
     _image_folder(tmp_path / "images", 12)  # new data: the next prepare would write different arrays
-    made = _kernel_enospc_for(monkeypatch, "train.npz")
+    made = _kernel_enospc_for(monkeypatch, "train-images.npy")
     result = _cli("prepare", "--params", str(params))
     assert made and result.exit_code == 1
     assert f"ganops prepare: error: cannot write {out_dir}: No space left on device" in result.output

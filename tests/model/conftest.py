@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from ganops.config import TrainConfig
+from ganops.data.dataset import save_split
 
 
 def write_prepared(out_dir: Path, *, n: int = 64, resolution: int = 8, channels: int = 1, num_classes: int = 4,
                    seed: int = 0) -> Path:
-    """Write train.npz / test.npz / summary.json like ``ganops prepare``: class k has a bright quadrant k."""
+    """Write the train and test splits and summary.json like ``ganops prepare``: class k has a bright quadrant k."""
     rng = np.random.default_rng(seed)
     labels = (np.arange(n) % num_classes).astype(np.int64)
     images = rng.integers(0, 40, (n, channels, resolution, resolution)).astype(np.uint8)
@@ -22,9 +23,8 @@ def write_prepared(out_dir: Path, *, n: int = 64, resolution: int = 8, channels:
     for k in range(num_classes):
         y, x = (k // 2 % 2) * half, (k % 2) * half
         images[labels == k, :, y:y + half, x:x + half] += 200
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(out_dir / "train.npz", images=images, labels=labels)
-    np.savez(out_dir / "test.npz", images=images[: n // 4], labels=labels[: n // 4])
+    save_split(out_dir, "train", images, labels)
+    save_split(out_dir, "test", images[: n // 4], labels[: n // 4])
     (out_dir / "summary.json").write_text(json.dumps({
         "source": "synthetic", "resolution": resolution, "channels": channels, "num_classes": num_classes,
         "class_names": [f"c{k}" for k in range(num_classes)], "counts": {"train": n, "test": n // 4},

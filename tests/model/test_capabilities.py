@@ -144,7 +144,7 @@ def test_generator_learns_the_data_mean_image(tmp_path):
     from ganops.models import build_G
 
     prepared = write_prepared(tmp_path / "p", num_classes=1, n=64)
-    data_mean_img = torch.from_numpy(np.load(prepared / "train.npz")["images"]).float().mean(0) / 127.5 - 1
+    data_mean_img = torch.from_numpy(np.load(prepared / "train-images.npy")).float().mean(0) / 127.5 - 1
     training_loop(tiny_cfg(tmp_path / "r", total_kimg=4.0, batch_size=16, lr_g=1e-3, lr_d=1e-3,
                            sample_every_kimg=10, checkpoint_every_kimg=10, log_every_steps=25),
                   prepared_dir=prepared, seed=0, progress=False)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ganops.config import EvaluateConfig
+from ganops.data.dataset import save_split
 from ganops.metrics import ref_stats
 from ganops.metrics.api import compare
 from ganops.metrics.fid import FeatureStats, fid_from_features
@@ -196,7 +197,7 @@ def _tiny_prepared(tmp_path, n_test=40):
     prepared.mkdir()
     for split, n in (("train", 8), ("test", n_test)):
         images = np.random.RandomState(n).randint(0, 256, (n, 1, 8, 8)).astype(np.uint8)
-        np.savez(prepared / f"{split}.npz", images=images, labels=np.zeros(n, dtype=np.int64))
+        save_split(prepared, split, images, np.zeros(n, dtype=np.int64))
     (prepared / "summary.json").write_text(json.dumps({"dataset_sha256": "e" * 64,
                                                        "counts": {"train": 8, "test": n_test}}))
     return prepared
@@ -236,7 +237,7 @@ def test_metric_fn_and_evaluate_generator_share_one_path(tmp_path, monkeypatch):
 
     fake = np.concatenate([ex.features(quantize_to_uint8(b)).numpy()
                            for b in iter_samples(G, 30, seed=3, batch_size=16, device=torch.device("cpu"))])
-    real = ex.features(load_split(prepared, "test")[0][:30]).numpy()
+    real = ex.features(np.array(load_split(prepared, "test")[0][:30])).numpy()
     assert out["fid"] == pytest.approx(fid_from_features(fake, real), rel=1e-6)
     assert len(list((tmp_path / "cache").glob("test-30-*.npz"))) == 1  # reference statistics cached once
 
@@ -252,7 +253,7 @@ def run_and_data(tmp_path):
     prepared.mkdir()
     for split, n in (("train", 8), ("test", 6)):
         images = np.random.RandomState(n).randint(0, 256, (n, 1, 28, 28)).astype(np.uint8)
-        np.savez(prepared / f"{split}.npz", images=images, labels=np.zeros(n, dtype=np.int64))
+        save_split(prepared, split, images, np.zeros(n, dtype=np.int64))
     (prepared / "summary.json").write_text(json.dumps({"dataset_sha256": "e" * 64, "counts": {"train": 8, "test": 6}}))
     G_kwargs = dict(z_dim=8, ngf=8, resolution=28, channels=1, num_classes=0)
     torch.manual_seed(0)

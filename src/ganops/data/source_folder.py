@@ -24,6 +24,7 @@ refuses from the header, whatever ``max_image_pixels`` says.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,20 +193,14 @@ def _too_large(width: int, height: int, limit: int) -> str:
     )
 
 
-def load_folder(
-    root: str | Path, *, resolution: int, channels: int, max_image_pixels: int, num_threads: int | None = None
-) -> tuple[list[str], list[FolderImage], list[BadImage]]:
-    """Discover and decode every image under ``root`` (threads: Pillow releases the GIL while decoding).
-
-    Returns:
-        ``(class_names, images in sorted path order, bad files)``.
-
-    Raises:
-        DataError: see :func:`discover`.
-    """
+def decode_files(
+    root: str | Path, files: list[tuple[Path, int]], *, resolution: int, channels: int, max_image_pixels: int,
+    chunk_size: int = 1024, num_threads: int | None = None,
+) -> Iterator[list[FolderImage | BadImage]]:
+    """Decode ``files`` (from :func:`discover`) in order, ``chunk_size`` at a time on a thread pool (Pillow releases
+    the GIL while decoding); yields each chunk's results in file order, so at most one chunk of pixels is held."""
     root = Path(root)
-    classes, files, bad = discover(root)
-    threads = num_threads or min(8, os.cpu_count() or 1)
+    threads = num_threads or min(8, len(os.sched_getaffinity(0)))
 
     def work(item: tuple[Path, int]):
         path, label = item
@@ -215,7 +210,25 @@ def load_folder(
         )  # fmt: skip
 
     with ThreadPoolExecutor(threads) as pool:
-        results = list(pool.map(work, files))
+        for lo in range(0, len(files), chunk_size):
+            yield list(pool.map(work, files[lo : lo + chunk_size]))
+
+
+def load_folder(
+    root: str | Path, *, resolution: int, channels: int, max_image_pixels: int, num_threads: int | None = None
+) -> tuple[list[str], list[FolderImage], list[BadImage]]:
+    """Discover and decode every image under ``root`` into memory (small folders; ``prepare`` streams with
+    :func:`decode_files`).
+
+    Returns:
+        ``(class_names, images in sorted path order, bad files)``.
+
+    Raises:
+        DataError: see :func:`discover`.
+    """
+    classes, files, bad = discover(root)
+    results = [r for chunk in decode_files(root, files, resolution=resolution, channels=channels,
+                                           max_image_pixels=max_image_pixels, num_threads=num_threads) for r in chunk]
     good = [r for r in results if isinstance(r, FolderImage)]
     bad = sorted(bad + [r for r in results if isinstance(r, BadImage)], key=lambda b: b.path)
     return classes, good, bad

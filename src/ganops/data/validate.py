@@ -1,6 +1,9 @@
 """``validate`` stage: a Great Expectations (GX Core 1.x) suite over the prepared metadata table.
 
-Four batches of ``metadata.parquet`` are validated in an ephemeral GX context (pandas data source):
+The image arrays are not read: their per-image statistics and hashes are in ``metadata.parquet`` (computed by
+prepare), and of the arrays only the ``.npy`` headers are checked (dtype, shape, row count = summary counts), so the
+images' size does not change validation's memory. Four batches of ``metadata.parquet`` are validated in an
+ephemeral GX context (pandas data source):
 
 - ``metadata`` (all rows): required columns present; row count = summary counts; no nulls; ``split`` in
   {train, test}; ``label`` in the class set (``expected_classes`` or 0..K-1 from the summary); (split, index)
@@ -27,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ganops.config import ValidateConfig
-from ganops.data.dataset import load_metadata, load_summary
+from ganops.data.dataset import SPLITS, load_metadata, load_split, load_summary
 from ganops.data.errors import DataError, DataValidationError
 from ganops.io import write_json
 
@@ -203,6 +206,7 @@ def validate(cfg: ValidateConfig, *, prepared_dir: str | Path) -> dict:
     os.environ["GX_ANALYTICS_ENABLED"] = "false"  # no usage statistics leave this machine
     prepared_dir = Path(prepared_dir)
     summary, metadata = load_summary(prepared_dir), load_metadata(prepared_dir)
+    _check_arrays(prepared_dir, summary)
     missing = [c for c in REQUIRED_COLUMNS if c not in metadata.columns]
     if missing:
         raise DataError(f"{prepared_dir}/metadata.parquet lacks columns {missing}; re-run prepare")
@@ -236,6 +240,16 @@ def validate(cfg: ValidateConfig, *, prepared_dir: str | Path) -> dict:
     if failed:
         raise DataValidationError(_failure_message(failed, report, result_path), failed, str(result_path))
     return report
+
+
+def _check_arrays(prepared_dir: Path, summary: dict) -> None:
+    """The split files open with the contract's dtypes/shapes (headers only) and hold the summary's counts."""
+    for split in SPLITS:
+        images, _ = load_split(prepared_dir, split)
+        expected = summary.get("counts", {}).get(split)
+        if expected is not None and images.shape[0] != expected:
+            raise DataError(f"{prepared_dir}: the {split} split holds {images.shape[0]} images but summary.json says "
+                            f"{expected}; the directory is inconsistent, re-run prepare")
 
 
 def _gx():

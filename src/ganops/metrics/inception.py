@@ -188,13 +188,14 @@ class FeatureExtractor:
 def image_stats(extractor: "FeatureExtractor", images: np.ndarray, *, protocol: str, batch_size: int, max_kept: int,
                 desc: str) -> FeatureStats:
     """Streaming FID statistics of uint8 images (N, C, H, W), keeping the first ``max_kept`` float64 (2048,) feature
-    rows (for KID and precision/recall), with a progress bar in images labelled ``desc``."""
+    rows (for KID and precision/recall), with a progress bar in images labelled ``desc``. ``images`` may be a
+    memory-mapped split (``ganops.data.dataset.load_split``): one batch at a time is read into memory."""
     from ganops.progress import progress_bar
 
     stats = FeatureStats(max_kept=max_kept)
     with progress_bar(total=images.shape[0], desc=desc, unit="img") as bar:
         for i in range(0, images.shape[0], batch_size):
-            batch = images[i:i + batch_size]
+            batch = np.array(images[i:i + batch_size])  # a writable in-memory copy of this batch only
             stats.append(extractor.features(batch, protocol, batch_size))
             bar.update(batch.shape[0])
     return stats

@@ -52,6 +52,8 @@ def check_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     Raises:
         ValueError: wrong dtype, rank or channel count (the message says what was given and what is expected).
     """
+    if isinstance(images, np.ndarray) and not images.flags.writeable:  # e.g. a read-only memory-mapped split
+        images = np.array(images)
     images = torch.as_tensor(images)
     if images.dtype != torch.uint8:
         raise ValueError(f"images must be uint8 0..255 (N, C, H, W), got dtype {images.dtype}; quantize generated "

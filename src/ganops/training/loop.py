@@ -6,7 +6,7 @@ the training state file and the resume decision are ``ganops.training.state``; s
 ``ganops.training.schedules``. The loop writes the run directory (file names: ``ganops.rundir.RunDir``), the
 contract other stages read:
 
-    training_options.json     resolved config + derived values (device, resolution, G_kwargs, ...)
+    training_options.json     resolved config + derived values (device, resolution, G_kwargs, data_streamed, ...)
     stats.jsonl               one JSON object per logged step: step, kimg, loss_G, loss_D, D_real / D_fake (mean
                               raw D logit on the real / fake batch, i.e. D(x) and D(G(z)) before any sigmoid),
                               grad_norm_D, grad_norm_G (L2 over all parameters), gp / r1 / r2 when active, lr_G,
@@ -42,7 +42,8 @@ from ganops.tracking import Logger, NullLogger
 from ganops.training import distributed as ddp
 from ganops.training.augment import parse_policy
 from ganops.training.device import resolve_device, resolve_precision
-from ganops.training.run import MetricFn, TrainingRun, check_step, load_data
+from ganops.training.data import is_streamed, train_data
+from ganops.training.run import MetricFn, TrainingRun, check_step, load_train_split
 from ganops.training.schedules import step_hyper
 from ganops.training.snapshot import ResumeMismatchError, TrainingDivergedError
 from ganops.training.state import RESUMABLE_OPTIONS, STATE_FORMAT
@@ -76,8 +77,9 @@ class _Runtime:
                               enabled=self.amp_dtype is not None, cache_enabled=not self.use_graph)
 
 
-def _runtime(cfg: TrainConfig, loss: GANLoss, policy: list) -> _Runtime:
-    """Join the torchrun group (a no-op without torchrun), pick the device, threads, precision and CUDA graph."""
+def _runtime(cfg: TrainConfig, loss: GANLoss, policy: list, streamed: bool) -> _Runtime:
+    """Join the torchrun group (a no-op without torchrun), pick the device, threads, precision and CUDA graph
+    (``streamed``: the train split is read from disk batch by batch)."""
     device = resolve_device(cfg.device)
     dist_info, device = ddp.setup(device)  # torchrun: join the group, one device per rank; else a no-op
     ddp.check_batch(cfg.batch_size, dist_info)  # the global batch must split evenly over ranks
@@ -89,8 +91,8 @@ def _runtime(cfg: TrainConfig, loss: GANLoss, policy: list) -> _Runtime:
     # CUDA graph (CUDA only): after GRAPH_WARMUP_STEPS eager steps the step is captured once and replayed: one launch
     # per step instead of a few hundred, which is what bounds a small GAN on a GPU. Not for steps whose work or
     # hyper-parameters vary (lazy R1/R2, augmentation, GP, lr/beta2/gamma schedules; the G_ema ramp-up is fine) or
-    # that need the host (fp16 scaler, DDP).
-    use_graph = (device.type == "cuda" and cfg.cuda_graph and dist_info.world_size == 1
+    # that need the host (fp16 scaler, DDP, batches streamed from disk).
+    use_graph = (device.type == "cuda" and cfg.cuda_graph and dist_info.world_size == 1 and not streamed
                  and not (loss.needs_gradient_penalty and cfg.gp_lambda > 0) and cfg.r1_gamma == 0
                  and cfg.r2_gamma == 0 and not policy and cfg.ada_target == 0 and amp_dtype != torch.float16
                  and graph_capturable(cfg))
@@ -117,7 +119,8 @@ def training_loop(
 
     Args:
         cfg: the ``train`` section.
-        prepared_dir: directory written by ``ganops prepare`` (train.npz, summary.json).
+        prepared_dir: directory written by ``ganops prepare`` (the train split, summary.json); the split is
+            copied to the device when it fits ``cfg.resident_data_mb``, else read from disk batch by batch.
         seed: global seed (params.yaml ``seed``).
         logger: receives losses every ``log_every_steps``, grids, metrics.
         metric_fn: optional ``G_ema -> {"fid": ..., ...}``, called every ``eval_every_kimg`` and at the end; then
@@ -149,22 +152,26 @@ def training_loop(
         log.warning("train.eval_every_kimg=%s but no metric_fn was given: in-training evaluation is off",
                     cfg.eval_every_kimg)
 
-    # ---- Device, threads, precision; only rank 0 writes the run directory and logs --------------------------------
-    rt = _runtime(cfg, loss, policy)
+    # ---- Data (memory-mapped until placed), device, threads, precision; only rank 0 writes and logs --------------
+    images_np, labels_np, summary, num_classes = load_train_split(cfg, prepared_dir)
+    rt = _runtime(cfg, loss, policy, streamed=is_streamed(images_np, cfg.resident_data_mb))
     device, is_main = rt.device, rt.dist_info.is_main
     run = TrainingRun(cfg, seed, logger if is_main else NullLogger(), metric_fn, rt.dist_info)
-    run.policy, run.use_scaler = policy, rt.use_scaler
+    run.policy, run.use_scaler, run.summary = policy, rt.use_scaler, summary
 
-    # ---- Data, networks, resume -------------------------------------------------------------------------------
-    data, labels, run.summary, num_classes = load_data(cfg, prepared_dir, device)
+    # ---- Data on the device (or streamed), networks, resume -----------------------------------------------------
+    data = train_data(images_np, labels_np, device, cfg.resident_data_mb)
+    log.info("train split: %d images, %.1f MB, %s", images_np.shape[0], images_np.nbytes / 1e6,
+             "streamed from disk (train.resident_data_mb)" if data.streamed else f"resident on {device}")
+    del images_np, labels_np
     num_images, channels, resolution, _ = data.shape
     run.build(device, channels, resolution, num_classes, rt.use_graph, rt.memory_format)
     resumed_from_step = run.resume(rt.use_graph)
     G_train, D_train = ddp.wrap(run.G, rt.dist_info, device), ddp.wrap(run.D, rt.dist_info, device)  # after resume
-    run.write_options(prepared_dir, device, rt.amp_dtype, num_images, resumed_from_step)
+    run.write_options(prepared_dir, device, rt.amp_dtype, num_images, resumed_from_step, data.streamed)
     run.fixed_inputs(data, num_classes, device)
     step_fn = GANStep(G=run.G, D=run.D, G_train=G_train, D_train=D_train, G_ema=run.G_ema, opt_G=run.opt_G,
-                      opt_D=run.opt_D, scaler=run.scaler, loss=loss, cfg=cfg, data=data, labels=labels,
+                      opt_D=run.opt_D, scaler=run.scaler, loss=loss, cfg=cfg, data=data,
                       num_classes=num_classes, dist_info=rt.dist_info, autocast=rt.autocast,
                       memory_format=rt.memory_format, augment=policy, ada=run.ada)
 

@@ -27,6 +27,7 @@ from ganops.tracking import Logger
 from ganops.training import distributed as ddp
 from ganops.training import state as st
 from ganops.training.augment import AdaptiveAugment
+from ganops.training.data import ResidentData, StreamedData
 from ganops.training.sampling import diversity_ratio, latents, save_grid
 from ganops.training.schedules import StepHyper
 from ganops.training.snapshot import TrainingDivergedError, save_snapshot
@@ -68,8 +69,9 @@ def _all_finite(module: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
 
 
-def load_data(cfg: TrainConfig, prepared_dir: str | Path, device: torch.device):
-    """The train split as uint8 (N, C, H, W) and int64 (N,) tensors on ``device``, the summary, num_classes."""
+def load_train_split(cfg: TrainConfig, prepared_dir: str | Path):
+    """The train split as :func:`ganops.data.dataset.load_split` opens it (images memory-mapped, uint8
+    (N, C, H, W); labels int64 (N,)), the summary and num_classes, checked against the config."""
     images_np, labels_np = load_split(prepared_dir, "train")
     summary = load_summary(prepared_dir)
     num_images, _, height, width = images_np.shape
@@ -83,7 +85,7 @@ def load_data(cfg: TrainConfig, prepared_dir: str | Path, device: torch.device):
         log.warning("train.batch_size=%d is larger than the %d training images: every batch repeats images (batches "
                     "are drawn with replacement); lower train.batch_size or raise prepare.max_train",
                     cfg.batch_size, num_images)
-    return torch.from_numpy(images_np).to(device), torch.from_numpy(labels_np).to(device), summary, num_classes
+    return images_np, labels_np, summary, num_classes
 
 
 class TrainingRun:
@@ -173,19 +175,20 @@ class TrainingRun:
         return self.step
 
     def write_options(self, prepared_dir: str | Path, device: torch.device, amp_dtype: torch.dtype | None,
-                      num_images: int, resumed_from_step: int | None) -> None:
-        """``training_options.json``: the resolved config and what was derived from it (rank 0)."""
+                      num_images: int, resumed_from_step: int | None, data_streamed: bool = False) -> None:
+        """``training_options.json``: the resolved config and what was derived from it (rank 0); ``data_streamed``:
+        the train split is read from disk per batch (``train.resident_data_mb``)."""
         if self.is_main:
             write_json(self.rd.options, {
                 **self.cfg.model_dump(mode="json"), "seed": self.seed, "prepared_dir": str(prepared_dir),
                 "device": str(device),
                 "autocast_dtype": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
-                "num_images": num_images, "G_kwargs": self.G_kwargs, "D_kwargs": self.D_kwargs,
+                "num_images": num_images, "data_streamed": data_streamed, "G_kwargs": self.G_kwargs, "D_kwargs": self.D_kwargs,
                 "arch_config": self.arch_config, "resumed_from_step": resumed_from_step,
                 "torch_num_threads": torch.get_num_threads(), "world_size": self.dist_info.world_size,
             })
 
-    def fixed_inputs(self, data: torch.Tensor, num_classes: int, device: torch.device) -> None:
+    def fixed_inputs(self, data: ResidentData | StreamedData, num_classes: int, device: torch.device) -> None:
         # Fixed inputs for sample grids and the mode-collapse signal (own seeds; the global RNG is untouched).
         cfg, seed, num_images = self.cfg, self.seed, data.shape[0]
         self.grid_rows = num_classes or cfg.grid_size
@@ -196,7 +199,7 @@ class TrainingRun:
         self.div_z = latents(div_n, cfg.z_dim, seed + 1).to(device)
         self.div_c = torch.arange(div_n, device=device) % num_classes if num_classes else None
         div_idx = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))[:div_n].to(device)
-        self.div_reals = data[div_idx].float() / 127.5 - 1.0
+        self.div_reals = data.gather(div_idx)[0].float() / 127.5 - 1.0
 
     # ---- per-step logging -------------------------------------------------------------------------------------------
     def varying_stats(self, hyper: StepHyper) -> dict[str, float]:

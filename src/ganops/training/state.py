@@ -41,7 +41,7 @@ RESUMABLE_OPTIONS = frozenset({
     "total_kimg", "log_every_steps", "sample_every_kimg", "checkpoint_every_kimg", "eval_every_kimg",
     "eval_num_samples", "grid_size", "device", "num_threads", "precision", "channels_last",
     "cuda_graph", "run_dir", "on_config_change", "mode_collapse_threshold", "mode_collapse_num_images",
-    "grad_norm_limit",
+    "grad_norm_limit", "resident_data_mb",
 })
 
 

@@ -55,11 +55,12 @@ def graph_capturable(cfg: TrainConfig) -> bool:
 
 
 class GANStep:
-    """One D step then one G step on a real batch ``data[idx]``, plus the G_ema update.
+    """One D step then one G step on a real batch ``data.gather(idx)``, plus the G_ema update.
 
     Args:
         G, D: the networks as trained (G_train / D_train: their DDP wrappers, or themselves on one process).
-        data: uint8 (N, C, H, W) training images on the device; labels: int64 (N,).
+        data: the train split (``ganops.training.data``): ``gather(idx)`` -> uint8 (B, C, H, W) images and int64
+            (B,) labels on the device, resident (graph capturable) or streamed from disk (eager only).
         num_classes: 0 = unconditional. augment: DiffAugment policy (always on); ada: adaptive augmentation or None.
         autocast: a callable returning the autocast context of the run's precision.
     Each call of :meth:`__call__` returns the step's statistics as names and one float32 device tensor, read once by
@@ -67,11 +68,11 @@ class GANStep:
     """
 
     def __init__(self, *, G, D, G_train, D_train, G_ema, opt_G, opt_D, scaler, loss: GANLoss, cfg: TrainConfig,
-                 data: torch.Tensor, labels: torch.Tensor, num_classes: int, dist_info, autocast,
+                 data, num_classes: int, dist_info, autocast,
                  memory_format: torch.memory_format, augment: tuple[str, ...], ada: AdaptiveAugment | None):
         self.G, self.D, self.G_train, self.D_train, self.G_ema = G, D, G_train, D_train, G_ema
         self.opt_G, self.opt_D, self.scaler, self.loss, self.cfg = opt_G, opt_D, scaler, loss, cfg
-        self.data, self.labels, self.num_classes, self.dist_info = data, labels, num_classes, dist_info
+        self.data, self.num_classes, self.dist_info = data, num_classes, dist_info
         self.autocast, self.memory_format, self.policy, self.ada = autocast, memory_format, augment, ada
         self.use_gp = loss.needs_gradient_penalty and cfg.gp_lambda > 0
         self.hyper: StepHyper | None = None
@@ -113,8 +114,9 @@ class GANStep:
         G, D, scaler = self.G, self.D, self.scaler
         # D step: real batch by seeded index, fakes from fresh z (with the real batch's labels when conditional).
         # DDP: every rank draws the same global indices / latents and keeps its disjoint shard [rank::world].
-        reals = (self.data[idx].float() / 127.5 - 1.0).contiguous(memory_format=self.memory_format)
-        c = self.labels[idx] if self.num_classes else None  # fakes use the real batch's labels
+        images, labels = self.data.gather(idx)
+        reals = (images.float() / 127.5 - 1.0).contiguous(memory_format=self.memory_format)
+        c = labels if self.num_classes else None  # fakes use the real batch's labels
         z = ddp.shard(torch.randn(B, G.z_dim, device=reals.device), self.dist_info)
         D.requires_grad_(True)
         with self.autocast():
