@@ -289,9 +289,9 @@ def trained_project(mlflow_project):
 def test_evaluate_disk_full_keeps_old_eval_json_and_nothing_is_registered(trained_project, monkeypatch):
     from mlflow import MlflowClient
 
-    import ganops.evaluate
+    import ganops.metrics.api
 
-    monkeypatch.setattr(ganops.evaluate, "load_feature_extractor", lambda *a, **k: _CheapExtractor())
+    monkeypatch.setattr(ganops.metrics.api, "load_feature_extractor", lambda *a, **k: _CheapExtractor())
     old = {"fid": 3.0, "kid_mean": 0.1, "kid_std": 0.01, "num_generated": 8, "num_real": 8,
            "protocol": "legacy_tensorflow", "snapshot_sha256": "0" * 64}  # scores an earlier snapshot
     eval_json = trained_project / "metrics" / "eval.json"
