@@ -205,6 +205,15 @@ class RegisterConfig(_Strict):
     out: str = "reports/registration.json"
 
 
+# The pipeline's stages in the order they run: one ``ganops <verb>`` (cli.py), one params.yaml section, one dvc.yaml
+# stage and one tracking policy each (``ganops.tracking.stages.STAGE_POLICIES``); tests/unit/test_stage_wiring.py
+# checks that they all agree.
+STAGES = ("prepare", "validate", "train", "evaluate", "register")
+# The keys of the evaluate stage's result (``ganops.metrics.api.evaluate_generator``) that it logs to MLflow and that
+# the pipeline report shows.
+REPORTED_METRICS = ("fid", "kid_mean", "kid_std")
+
+
 class Params(_Strict):
     """The whole ``params.yaml``."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ganops.config import EvaluateConfig
+from ganops.config import REPORTED_METRICS, EvaluateConfig
 from ganops.io import sha256_file, write_json
 from ganops.metrics.api import evaluate_generator, stage_extractor
 from ganops.rundir import RunDir
@@ -71,6 +71,6 @@ def evaluate(cfg: EvaluateConfig, *, run_dir: str | Path, prepared_dir: str | Pa
     if not np.isfinite(result["fid"]):
         raise ValueError(f"FID is not finite ({result['fid']}); refusing to write {cfg.out}")
     write_json(cfg.out, result)
-    logger.log_metrics({k: result[k] for k in ("fid", "kid_mean", "kid_std")})
+    logger.log_metrics({k: result[k] for k in REPORTED_METRICS})
     logger.log_artifact(cfg.out, "metrics")
     return result

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ganops.config import Params
+from ganops.config import REPORTED_METRICS, Params
 from ganops.rundir import RunDir
 from ganops.stage_runner import StageResult
 
@@ -121,7 +121,7 @@ def summary_markdown(project_dir: Path, params: Params, run_id: str, exp_id: str
     lines = ["# ganops pipeline", "", "| stage | ran | wall time (s) |", "|---|---|---|"]
     lines += [f"| {r.stage} | {'yes' if r.ran else 'up to date'} | {r.wall_time_s:.1f} |" for r in results]
     lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
-    for key in ("fid", "kid_mean", "kid_std", "num_generated", "num_real", "protocol", "kimg"):
+    for key in (*REPORTED_METRICS, "num_generated", "num_real", "protocol", "kimg"):
         if key in ev:
             lines.append(f"| {key} | {ev[key]} |")
     lines += _history_lines(fid_history(project_dir, params))

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-STAGES = ("prepare", "validate", "train", "evaluate", "register")
-Stage = Literal["prepare", "validate", "train", "evaluate", "register"]
+from ganops.config import STAGES
+
+Stage = Literal[STAGES]  # the flow's parameter type: the run form offers exactly these
 # Output fragments that mark a failure worth retrying: another process holds DVC's lock, or SQLite is busy.
 TRANSIENT_PATTERNS = ("Unable to acquire lock", "database is locked", "Connection reset", "Temporary failure")
 OUTPUT_TAIL_CHARS = 4000
