@@ -4,8 +4,9 @@ Each point is a run of the point deployment (``flows/sweep_point.py``), created 
 ``prefect.deployments.run_deployment(..., timeout=0)`` so all are queued at once and Prefect's workers on the
 deployment's work pool run them in parallel, one per worker (``--limit 1``). The sweep then polls the runs' states:
 
-- a point whose run stays RUNNING without a flow-run heartbeat (``prefect.flow-run.heartbeat`` events) for
-  ``stale_after_s`` lost its worker; its run is set to Crashed and the point counts as failed;
+- a point whose run stays RUNNING without a flow-run heartbeat (``prefect.flow-run.heartbeat`` events), or
+  PENDING, for ``stale_after_s`` lost its worker; its run is set to Crashed and the point counts as failed (points
+  still SCHEDULED wait for a free worker);
 - with halving rungs, the in-training FIDs (MLflow metric ``metric/fid``) decide which running points to stop
   (:func:`ganops.sweep_fanout.halving_stops`); their runs are set to Cancelling, which the worker carries out.
 
@@ -73,12 +74,17 @@ def last_heartbeat(client: Any, flow_run_id: str, since: dt.datetime) -> dt.date
     return page.events[0].occurred if page.events else None
 
 
-def _is_stale(client: Any, fr: Any, stale_after_s: float) -> bool:
-    """True when a RUNNING flow run has sent no heartbeat for ``stale_after_s`` seconds (since it started)."""
-    if fr.start_time is None:
-        return False
-    seen = last_heartbeat(client, str(fr.id), fr.start_time) or fr.start_time
-    return (dt.datetime.now(dt.timezone.utc) - seen).total_seconds() > stale_after_s
+def lost_reason(client: Any, fr: Any, stale_after_s: float) -> str | None:
+    """Why a flow run that is not final counts as lost, or None: RUNNING without a heartbeat (or, before the first
+    one, since it started) for ``stale_after_s`` seconds, or PENDING (taken by a worker, not started) that long."""
+    now = dt.datetime.now(dt.timezone.utc)
+    if fr.state.is_running() and fr.start_time is not None:
+        seen = last_heartbeat(client, str(fr.id), fr.start_time) or fr.start_time
+        if (now - seen).total_seconds() > stale_after_s:
+            return f"no heartbeat for {stale_after_s:.0f} s: worker lost"
+    elif fr.state.is_pending() and (now - fr.state.timestamp).total_seconds() > stale_after_s:
+        return f"pending for {stale_after_s:.0f} s: worker lost while starting it"
+    return None
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -111,13 +117,12 @@ def watch_points(runs: dict[str, str], params: dict[str, Params], ml: Any, exper
                                    "started": _iso(fr.start_time), "ended": _iso(fr.end_time or fr.state.timestamp),
                                    "note": notes.get(name, "")}
                     log(f"point {name}: {fr.state.type.value}")
+                elif fr.state is not None and (reason := lost_reason(client, fr, stale_after_s)):
+                    notes[name] = reason
+                    client.set_flow_run_state(fr_id, Crashed(message=reason), force=True)
+                    log(f"point {name}: {reason}; marked crashed")
                 elif fr.state is not None and fr.state.is_running():
-                    if _is_stale(client, fr, stale_after_s):
-                        notes[name] = f"no heartbeat for {stale_after_s:.0f} s: worker lost"
-                        client.set_flow_run_state(fr_id, Crashed(message=notes[name]), force=True)
-                        log(f"point {name}: {notes[name]}; marked crashed")
-                    else:
-                        running[name] = fr
+                    running[name] = fr
             if rungs_kimg and running:
                 by_run = point_runs(ml, experiment_id, sweep_id)
                 histories = {n: fid_history(ml, r.info.run_id, params[n].train.batch_size)
