@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -103,6 +104,10 @@ def fan_out(deployment: str, names: list[str], typed_points: list[tuple[dict[str
     params = {n: p for n, (_, p) in zip(names, typed_points)}
     ml, exp_id = configure_mlflow(typed_points[0][1].experiment, root=project)  # creates the experiment once
     uri = tracking_uri(project)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "params.yaml", "dvc.yaml", "src"], cwd=project,
+                           capture_output=True, text=True).stdout.strip()
+    if dirty:
+        logger.warning("points start from the last commit; these uncommitted changes are not in them:\n%s", dirty)
     runs = fanout.submit_points(deployment, names, [t for t, _ in typed_points], sweep_id, head_commit(project), uri,
                                 push)
     logger.info("submitted %d points to %s: %s", len(runs), deployment, runs)
