@@ -18,7 +18,10 @@ from ganops.sweep import PointResult
 from ganops.sweep_fanout import TAG_POINT, TAG_RESULT, result_tag
 
 REPO = Path(__file__).resolve().parents[2]
-NOW = dt.datetime.now(dt.timezone.utc)
+
+
+def _ago(seconds: float) -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)
 
 
 def _load_fanout(monkeypatch):
@@ -33,7 +36,7 @@ def _load_fanout(monkeypatch):
 class FakeState:
     def __init__(self, type_: str, age_s: float = 0.0, message: str = "") -> None:
         self.type = SimpleNamespace(value=type_)
-        self.message, self.timestamp = message, NOW - dt.timedelta(seconds=age_s)
+        self.message, self.timestamp = message, _ago(age_s)
 
     def is_final(self) -> bool:
         return self.type.value in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -64,7 +67,7 @@ class FakePrefect:
         type_ = {"Cancelling": "CANCELLED", "Crashed": "CRASHED"}[forced[-1].name] if forced and i > 0 else \
             self.script[fr_id][min(i, len(self.script[fr_id]) - 1)]
         return SimpleNamespace(id=fr_id, state=FakeState(type_), end_time=None,
-                               start_time=NOW - dt.timedelta(seconds=self.started_ago_s[fr_id]))
+                               start_time=_ago(self.started_ago_s[fr_id]))
 
     def read_events(self, filter, limit):  # no heartbeats at all
         return SimpleNamespace(events=[])
