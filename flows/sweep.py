@@ -160,7 +160,8 @@ def ganops_sweep(points: list[PipelineOverrides], names: list[str] | None = None
 
     Raises:
         ConfigError: a point has an invalid override (the message names the point and the field); nothing ran.
-        ValueError: no points, names of the wrong count / duplicated / not usable as git refs, or no git commit.
+        ValueError: no points, names of the wrong count / duplicated / not usable as git refs, no git commit, or
+            halving rungs without a deployment or with ``halving_eta`` < 2.
         RuntimeError: every experiment failed (their errors are in the flow log and the table artifact).
         StageFailed: ``dvc exp apply`` or the register stage failed.
         FileNotFoundError: fan-out: the best point's workspace is not on this machine (nothing registered).
@@ -171,12 +172,18 @@ def ganops_sweep(points: list[PipelineOverrides], names: list[str] | None = None
         raise ValueError("points is empty; give at least one parameter set, e.g. [{\"train\": {\"lr_g\": 1e-4}}]")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     names = experiment_names(names, len(points), stamp)
+    if halving_rungs_kimg and (not deployment or halving_eta < 2):
+        raise ValueError("successive halving needs a deployment (fan-out) and halving_eta >= 2; got "
+                         f"deployment={deployment!r}, halving_eta={halving_eta}")
     typed_points = validate_points(params_file, points, names)
     check_git_commit(project)
 
     logger = get_run_logger()
     baseline = params_file.read_text()
     sweep_id = str(flow_run.get_id() or f"local-{stamp}")
+    if halving_rungs_kimg and any(p.train.eval_every_kimg <= 0 for _, p in typed_points):
+        logger.warning("halving rungs %s, but train.eval_every_kimg is 0 for some points: they report no "
+                       "in-training FID and are never stopped early", halving_rungs_kimg)
     if deployment:
         return fan_out(deployment, names, typed_points, project, sweep_id, metric, halving_rungs_kimg, halving_eta,
                        stale_after_s, push)
