@@ -8,8 +8,8 @@
    cache (DVC's run-cache then restores ``prepare`` / ``validate`` outputs another point already produced);
 2. opens one MLflow run in the sweep's tracking store, tagged ``ganops.sweep`` / ``ganops.dvc_exp``, and has every
    stage log into it;
-3. runs ``dvc exp run evaluate --name <point> -S ...`` there (prepare -> validate -> train -> evaluate; nothing is
-   registered), then ``dvc exp push origin <point>`` (experiment refs into the checkout, outputs into its default
+3. writes the point's overrides into the workspace's ``params.yaml`` and runs ``dvc exp run evaluate --name <point>``
+   there (prepare -> validate -> train -> evaluate; nothing is registered), then ``dvc exp push origin <point>`` (experiment refs into the checkout, outputs into its default
    DVC remote) when ``push`` is set;
 4. stores its :class:`ganops.sweep.PointResult` on the MLflow run (tag ``ganops.sweep.result``), where the sweep reads
    it, and returns it.
@@ -31,7 +31,7 @@ for _key, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("MLFLOW_DIS
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 
-from ganops.overrides import PipelineOverrides, resolve_overrides  # noqa: E402
+from ganops.overrides import PipelineOverrides, apply_overrides, resolve_overrides  # noqa: E402
 from ganops.sweep import run_point  # noqa: E402
 from ganops.sweep_fanout import (  # noqa: E402
     TAG_FLOW_RUN, TAG_POINT, TAG_RESULT, TAG_SWEEP, TAG_WORKSPACE, checkout_dir, make_workspace, push_experiment,
@@ -93,7 +93,10 @@ def ganops_sweep_point(name: str, sweep_id: str, commit: str, overrides: Pipelin
         TAG_SWEEP: sweep_id, TAG_POINT: name, TAG_WORKSPACE: str(workspace), TAG_FLOW_RUN: str(flow_run.get_id()),
         "ganops.source": "sweep", "ganops.host": socket.gethostname()}).info.run_id
 
-    result = run_point(name, typed, params, workspace, params_file.read_text(), sweep_id, run_id=run_id)
+    # Written into params.yaml rather than passed as `-S`: DVC's `-S` refuses keys the file does not list yet.
+    apply_overrides(params_file, typed)
+    result = run_point(name, {}, params, workspace, params_file.read_text(), sweep_id, run_id=run_id)
+    result.overrides = typed
     result.workspace, result.flow_run_id, result.mlflow_run_id = str(workspace), str(flow_run.get_id()), run_id
     if result.ok and push:
         failure = push_experiment(workspace, name, dict(os.environ))
