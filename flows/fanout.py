@@ -7,8 +7,9 @@ deployment's work pool run them in parallel, one per worker (``--limit 1``). The
 - a point whose run stays RUNNING without a flow-run heartbeat (``prefect.flow-run.heartbeat`` events), or
   PENDING, for ``stale_after_s`` lost its worker; its run is set to Crashed and the point counts as failed (points
   still SCHEDULED wait for a free worker);
-- with halving rungs, the in-training FIDs (MLflow metric ``metric/fid``) decide which running points to stop
-  (:func:`ganops.sweep_fanout.halving_stops`); their runs are set to Cancelling, which the worker carries out.
+- with halving rungs, the in-training FIDs (the point's ``stats.jsonl`` when its workspace is on this machine, else
+  the MLflow metric ``metric/fid``) decide which running points to stop (:func:`ganops.sweep_fanout.halving_stops`);
+  their runs are set to Cancelling, which the worker carries out (it kills the point's process group).
 
 Results come from the points' MLflow runs (tag ``ganops.sweep.result``). The best point is registered once, by the
 register stage in its workspace, which must be reachable from this process (same machine or a shared
@@ -33,7 +34,7 @@ from prefect.states import Cancelling, Crashed
 from ganops.config import Params
 from ganops.stage_runner import repro_stage
 from ganops.sweep import PointResult
-from ganops.sweep_fanout import TAG_RESULT, fid_history, halving_stops, point_runs, result_from_tag
+from ganops.sweep_fanout import TAG_RESULT, halving_stops, point_fid_history, point_runs, result_from_tag
 
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 STATUS_BY_STATE = {"COMPLETED": "ok", "FAILED": "failed", "CRASHED": "crashed", "CANCELLED": "cancelled"}
@@ -125,7 +126,7 @@ def watch_points(runs: dict[str, str], params: dict[str, Params], ml: Any, exper
                     running[name] = fr
             if rungs_kimg and running:
                 by_run = point_runs(ml, experiment_id, sweep_id)
-                histories = {n: fid_history(ml, r.info.run_id, params[n].train.batch_size)
+                histories = {n: point_fid_history(ml, r, params[n].train.run_dir, params[n].train.batch_size)
                              for n, r in by_run.items() if n in runs}
                 for stop in halving_stops(histories, rungs_kimg, eta, judged, set(running)):
                     notes[stop.name] = f"stopped early at {stop.rung_kimg:g} kimg (FID {stop.fid:.4g})"

@@ -6,7 +6,8 @@ commit, under :data:`ENV_SWEEP_DIR`. Workspaces share the checkout's DVC cache (
 ``prepare`` / ``validate`` outputs another point already produced) and its DVC remotes. Each point logs into one
 MLflow run tagged with the sweep and the point (:data:`TAG_SWEEP`, :data:`TAG_POINT`); its outcome is stored on that
 run as JSON (:data:`TAG_RESULT`), so the sweep reads every result from the tracking store, whichever machine ran
-the point. :func:`halving_stops` is the asynchronous successive-halving rule applied to in-training FIDs.
+the point. :func:`halving_stops` is the asynchronous successive-halving rule applied to in-training FIDs
+(:func:`point_fid_history`).
 
 Git and DVC run in child processes (``python -m dvc``); this module imports neither DVC nor Prefect.
 """
@@ -160,6 +161,22 @@ def fid_history(client: Any, run_id: str, batch_size: int) -> list[tuple[float, 
     return [(m.step * batch_size / 1000, float(m.value)) for m in sorted(history, key=lambda m: m.step)]
 
 
+def point_fid_history(client: Any, run: Any, train_run_dir: str, batch_size: int) -> list[tuple[float, float]]:
+    """In-training FIDs of a point as ``[(kimg, fid), ...]``.
+
+    Read from ``<workspace>/<train_run_dir>/stats.jsonl`` (written at each evaluation) when the point's workspace
+    (tag :data:`TAG_WORKSPACE` of its MLflow ``run``) is on this machine, else from MLflow (:func:`fid_history`),
+    where they can arrive minutes late: the train stage sends metrics in batches.
+    """
+    from ganops.rundir import RunDir
+
+    workspace = run.data.tags.get(TAG_WORKSPACE)
+    run_dir = Path(workspace) / train_run_dir if workspace else None
+    if run_dir is not None and run_dir.is_dir():
+        return [(float(e["kimg"]), float(e["metric/fid"])) for e in RunDir(run_dir).read_stats("metric/fid")]
+    return fid_history(client, run.info.run_id, batch_size)
+
+
 @dataclass(frozen=True)
 class HalvingStop:
     """A point stopped at a rung: its FID there (unitless) and the rung's length in kimg."""
@@ -220,5 +237,5 @@ def halving_stops(histories: dict[str, list[tuple[float, float]]], rungs_kimg: l
 
 __all__ = ["ENV_CHECKOUT", "ENV_SWEEP_DIR", "TAG_FLOW_RUN", "TAG_POINT", "TAG_RESULT", "TAG_SWEEP", "TAG_WORKSPACE",
            "HalvingStop", "checkout_dir", "fid_history", "halving_stops", "has_default_remote", "head_commit",
-           "make_workspace", "point_runs", "push_experiment", "result_from_tag", "result_tag", "rung_value",
+           "make_workspace", "point_fid_history", "point_runs", "push_experiment", "result_from_tag", "result_tag", "rung_value",
            "sweep_root"]

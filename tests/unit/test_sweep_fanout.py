@@ -82,3 +82,27 @@ def test_halving_stops_the_points_outside_the_best_half_seen_at_each_rung():
     assert stops == [HalvingStop("a", 0.4, 90.0)]
     with pytest.raises(ValueError, match="eta must be >= 2"):
         halving_stops({}, [0.1], 1, {}, set())
+
+
+def test_point_fid_history_prefers_the_reachable_run_directory(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from ganops.rundir import RunDir
+    from ganops.sweep_fanout import TAG_WORKSPACE, point_fid_history
+
+    class Client:
+        def get_metric_history(self, run_id, key):
+            return [SimpleNamespace(step=4, value=9.0)]
+
+    run_dir = RunDir(tmp_path / "ws" / "runs" / "train")
+    run_dir.path.mkdir(parents=True)
+    run_dir.stats.write_text("\n".join(json.dumps(e) for e in (
+        {"step": 4, "kimg": 0.064, "loss_G": 1.0}, {"step": 4, "kimg": 0.064, "metric/fid": 438.2},
+        {"step": 7, "kimg": 0.112, "metric/fid": 417.8})) + "\n")
+    here = SimpleNamespace(info=SimpleNamespace(run_id="r"),
+                           data=SimpleNamespace(tags={TAG_WORKSPACE: str(tmp_path / "ws")}))
+    elsewhere = SimpleNamespace(info=SimpleNamespace(run_id="r"),
+                                data=SimpleNamespace(tags={TAG_WORKSPACE: "/no/such/workspace"}))
+    assert point_fid_history(Client(), here, "runs/train", 16) == [(0.064, 438.2), (0.112, 417.8)]
+    assert point_fid_history(Client(), elsewhere, "runs/train", 16) == [(0.064, 9.0)]  # MLflow: step 4 x 16 images
