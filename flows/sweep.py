@@ -19,12 +19,18 @@ Every experiment is its own MLflow run (started by its train stage), tagged ``ga
 ``ganops.dvc_exp``; ``dvc exp show`` lists the experiments side by side.
 
     python flows/sweep.py -p '{"train": {"lr_g": 0.0002}}' -p '{"train": {"lr_g": 0.0001}}'
+
+With ``deployment`` (``--deployment ganops-sweep-point/sweep-point``) the points fan out instead: each becomes a run
+of that deployment, taken by whichever of the work pool's workers is free, trained in its own workspace and tracked
+in the shared MLflow store (``flows/sweep_point.py``, ``flows/fanout.py``); optional successive halving stops the
+worst points early on their in-training FID. The best point is registered once, in its workspace.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -43,6 +49,11 @@ from ganops.sweep import (
     PointResult, apply_point, best_point, check_git_commit, comparison_table, experiment_names, run_point,
     validate_points,
 )
+from ganops.sweep_fanout import head_commit
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # flows/fanout.py, also when loaded by path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fanout  # noqa: E402
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SWEEP_TABLE_KEY = "ganops-sweep"
@@ -79,9 +90,49 @@ def register_best(project_dir: str) -> StageResult:
     return repro_stage("register", project_dir, None, lambda line: logger.info("[register] %s", line))
 
 
+def fan_out(deployment: str, names: list[str], typed_points: list[tuple[dict[str, Any], Params]], project: Path,
+            sweep_id: str, metric: str, halving_rungs_kimg: list[float] | None, halving_eta: int,
+            stale_after_s: float, push: bool) -> dict[str, Any]:
+    """The points as runs of ``deployment`` (see ``flows/fanout.py``); registers the best in its workspace.
+
+    Raises:
+        RuntimeError: every point failed. FileNotFoundError / StageFailed: see :func:`fanout.register_in_workspace`.
+    """
+    from ganops.tracking import configure_mlflow, tracking_uri
+
+    logger = get_run_logger()
+    params = {n: p for n, (_, p) in zip(names, typed_points)}
+    ml, exp_id = configure_mlflow(typed_points[0][1].experiment, root=project)  # creates the experiment once
+    uri = tracking_uri(project)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "params.yaml", "dvc.yaml", "src"], cwd=project,
+                           capture_output=True, text=True).stdout.strip()
+    if dirty:
+        logger.warning("points start from the last commit; these uncommitted changes are not in them:\n%s", dirty)
+    runs = fanout.submit_points(deployment, names, [t for t, _ in typed_points], sweep_id, head_commit(project), uri,
+                                push)
+    logger.info("submitted %d points to %s: %s", len(runs), deployment, runs)
+    states = fanout.watch_points(runs, params, ml, exp_id, sweep_id, logger.info, rungs_kimg=halving_rungs_kimg,
+                                 eta=halving_eta, stale_after_s=stale_after_s)
+    results = fanout.collect_results(runs, states, {n: t for n, (t, _) in zip(names, typed_points)}, ml, exp_id,
+                                     sweep_id)
+    best = best_point(results, metric)
+    if best is None:
+        create_table_artifact(comparison_table(results, None, metric, None), key=SWEEP_TABLE_KEY,
+                              description="ganops sweep: every point failed")
+        raise RuntimeError(f"every sweep point failed: {[(r.name, r.status) for r in results]}; see the flow log")
+    logger.info("best point: %s (%s %.4g); registering it", best.name, metric, getattr(best, metric))
+    registration = fanout.register_in_workspace(best, params[best.name], uri, logger.info)
+    create_table_artifact(comparison_table(results, best.name, metric, registration), key=SWEEP_TABLE_KEY,
+                          description=f"ganops sweep {sweep_id} on {deployment}: {metric} per point; only the best "
+                                      "is registered")
+    return {"experiments": [asdict(r) for r in results], "best": best.name, "registration": registration}
+
+
 @flow(name="ganops-sweep", log_prints=True)
 def ganops_sweep(points: list[PipelineOverrides], names: list[str] | None = None, project_dir: str | None = None,
-                 metric: Literal["fid", "kid_mean"] = "fid") -> dict[str, Any]:
+                 metric: Literal["fid", "kid_mean"] = "fid", deployment: str | None = None,
+                 halving_rungs_kimg: list[float] | None = None, halving_eta: int = 2, stale_after_s: float = 600.0,
+                 push: bool = True) -> dict[str, Any]:
     """Run each parameter set as a DVC experiment (up to evaluate), register only the one with the lowest metric.
 
     Args:
@@ -91,15 +142,29 @@ def ganops_sweep(points: list[PipelineOverrides], names: list[str] | None = None
             ``sweep-<UTC time>-<i>``.
         project_dir: the ganops checkout, a git repository with a commit (default: the one holding this file).
         metric: ``fid`` or ``kid_mean`` from ``evaluate.out`` (lower is better); ties go to the earlier point.
+        deployment: ``<flow>/<deployment>`` of ``flows/sweep_point.py`` (e.g. ``ganops-sweep-point/sweep-point``):
+            fan the points out to its work pool's workers, each in its own workspace (None: one after another in
+            ``project_dir``). Points start from ``project_dir``'s HEAD commit, which the workers' checkouts need.
+        halving_rungs_kimg: fan-out only: successive-halving rungs in kimg, e.g. ``[0.5, 1.0]``; needs in-training
+            FID (``train.eval_every_kimg`` > 0) at those lengths. A running point whose FID at a rung is not among the
+            best ``1/halving_eta`` seen there is cancelled ("stopped early" in the table). None: no halving.
+        halving_eta: keep 1 in ``halving_eta`` points per rung (>= 2).
+        stale_after_s: fan-out only: a running point without a Prefect flow-run heartbeat for this many seconds
+            lost its worker; it is marked crashed and counts as failed. Keep it above 2x the workers'
+            ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (default 180 s).
+        push: fan-out only: each point runs ``dvc exp push origin <name>`` (refs into the worker's checkout,
+            outputs into its default DVC remote).
 
     Returns:
         ``{"experiments": [PointResult as dict, ...], "best": name, "registration": registration.json}``.
 
     Raises:
         ConfigError: a point has an invalid override (the message names the point and the field); nothing ran.
-        ValueError: no points, names of the wrong count / duplicated / not usable as git refs, or no git commit.
+        ValueError: no points, names of the wrong count / duplicated / not usable as git refs, no git commit, or
+            halving rungs without a deployment or with ``halving_eta`` < 2.
         RuntimeError: every experiment failed (their errors are in the flow log and the table artifact).
         StageFailed: ``dvc exp apply`` or the register stage failed.
+        FileNotFoundError: fan-out: the best point's workspace is not on this machine (nothing registered).
     """
     project = Path(project_dir).resolve() if project_dir else PROJECT_DIR
     params_file = check_params_path(project, "params.yaml")
@@ -107,12 +172,21 @@ def ganops_sweep(points: list[PipelineOverrides], names: list[str] | None = None
         raise ValueError("points is empty; give at least one parameter set, e.g. [{\"train\": {\"lr_g\": 1e-4}}]")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     names = experiment_names(names, len(points), stamp)
+    if halving_rungs_kimg and (not deployment or halving_eta < 2):
+        raise ValueError("successive halving needs a deployment (fan-out) and halving_eta >= 2; got "
+                         f"deployment={deployment!r}, halving_eta={halving_eta}")
     typed_points = validate_points(params_file, points, names)
     check_git_commit(project)
 
     logger = get_run_logger()
     baseline = params_file.read_text()
     sweep_id = str(flow_run.get_id() or f"local-{stamp}")
+    if halving_rungs_kimg and any(p.train.eval_every_kimg <= 0 for _, p in typed_points):
+        logger.warning("halving rungs %s, but train.eval_every_kimg is 0 for some points: they report no "
+                       "in-training FID and are never stopped early", halving_rungs_kimg)
+    if deployment:
+        return fan_out(deployment, names, typed_points, project, sweep_id, metric, halving_rungs_kimg, halving_eta,
+                       stale_after_s, push)
     results = [run_experiment(name, typed, params, str(project), baseline, sweep_id)
                for name, (typed, params) in zip(names, typed_points)]
     best = best_point(results, metric)
@@ -137,11 +211,21 @@ if __name__ == "__main__":
                      help='one parameter set, e.g. \'{"train": {"lr_g": 0.0001}}\' (repeat per point)')
     cli.add_argument("-n", "--name", action="append", default=None, help="experiment name per point (optional)")
     cli.add_argument("--metric", choices=("fid", "kid_mean"), default="fid")
+    cli.add_argument("--deployment", default=None, metavar="FLOW/DEPLOYMENT",
+                     help="fan out: each point as a run of this deployment, e.g. ganops-sweep-point/sweep-point")
+    cli.add_argument("--halving-rung", action="append", type=float, default=None, metavar="KIMG",
+                     help="fan-out: successive-halving rung in kimg (repeat per rung; needs train.eval_every_kimg)")
+    cli.add_argument("--halving-eta", type=int, default=2, help="keep 1 in ETA points per rung (default 2)")
+    cli.add_argument("--stale-after", type=float, default=600.0, metavar="S",
+                     help="fan-out: seconds without a flow-run heartbeat before a point counts as lost")
+    cli.add_argument("--no-push", action="store_true", help="fan-out: skip `dvc exp push origin <point>`")
     args = cli.parse_args()
     try:
         parsed = [parse_overrides(json.loads(p)) for p in args.point]
-        out = ganops_sweep(points=parsed, names=args.name, metric=args.metric)
-    except (json.JSONDecodeError, ValueError, RuntimeError, StageFailed) as err:
+        out = ganops_sweep(points=parsed, names=args.name, metric=args.metric, deployment=args.deployment,
+                           halving_rungs_kimg=args.halving_rung, halving_eta=args.halving_eta,
+                           stale_after_s=args.stale_after, push=not args.no_push)
+    except (json.JSONDecodeError, ValueError, RuntimeError, StageFailed, FileNotFoundError) as err:
         print(f"ganops sweep failed: {err}", file=sys.stderr)
         sys.exit(1)
     print(json.dumps(out, indent=2, default=str))

@@ -36,7 +36,9 @@ class PointResult:
     """One sweep point: its DVC experiment name, overrides (dotted, validated) and metrics.
 
     ``fid`` and ``kid_mean`` are unitless distances (lower is better), ``wall_time_s`` seconds; ``error`` holds the
-    tail of DVC's output when ``ok`` is False.
+    tail of DVC's output when ``ok`` is False. A fanned-out sweep also fills ``status`` (``ok``, ``failed``,
+    ``crashed``, ``cancelled`` or ``stopped``), ``note`` (e.g. why a point stopped early), the point's
+    ``workspace`` and Prefect ``flow_run_id``, and ``started`` / ``ended`` (ISO 8601 UTC).
     """
 
     name: str
@@ -49,6 +51,12 @@ class PointResult:
     mlflow_run_id: str | None = None
     wall_time_s: float = 0.0
     error: str | None = None
+    status: str | None = None
+    note: str = ""
+    workspace: str | None = None
+    flow_run_id: str | None = None
+    started: str | None = None
+    ended: str | None = None
 
 
 def experiment_names(names: list[str] | None, count: int, stamp: str) -> list[str]:
@@ -114,9 +122,10 @@ def forget_training(project: Path, params: Params) -> None:
     shutil.rmtree(RunDir(project / params.train.run_dir).path, ignore_errors=True)
 
 
-def run_dvc(cmd: list[str], project: Path) -> subprocess.CompletedProcess[str]:
-    """``cmd`` in ``project`` with the stage environment (:func:`ganops.stage_runner.stage_env`), output captured."""
-    return subprocess.run(cmd, cwd=project, env=stage_env(None), capture_output=True, text=True)
+def run_dvc(cmd: list[str], project: Path, run_id: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``cmd`` in ``project`` with the stage environment (:func:`ganops.stage_runner.stage_env`; ``run_id`` is the
+    MLflow run the stages log into, None for their own), output captured."""
+    return subprocess.run(cmd, cwd=project, env=stage_env(run_id), capture_output=True, text=True)
 
 
 def _tag_run(project: Path, run_id: str, sweep_id: str, name: str) -> None:
@@ -131,7 +140,7 @@ def _tag_run(project: Path, run_id: str, sweep_id: str, name: str) -> None:
 
 
 def run_point(name: str, typed: dict[str, Any], params: Params, project: Path, baseline_params: str,
-              sweep_id: str) -> PointResult:
+              sweep_id: str, run_id: str | None = None) -> PointResult:
     """Run one point as DVC experiment ``name`` (prepare -> validate -> train -> evaluate) and read its metrics.
 
     ``params.yaml`` is reset to ``baseline_params`` and the training state is forgotten (:func:`forget_training`)
@@ -145,6 +154,7 @@ def run_point(name: str, typed: dict[str, Any], params: Params, project: Path, b
         project: the DVC project.
         baseline_params: the text of ``params.yaml`` when the sweep started.
         sweep_id: identifies the sweep in the tags.
+        run_id: an MLflow run every stage logs into (``$GANOPS_MLFLOW_RUN_ID``); None: the train stage starts one.
 
     Returns:
         The :class:`PointResult`; a failed ``dvc exp run`` gives ``ok=False`` and the output's tail in ``error``.
@@ -154,7 +164,7 @@ def run_point(name: str, typed: dict[str, Any], params: Params, project: Path, b
     forget_training(project, params)
     (project / params.evaluate.out).unlink(missing_ok=True)  # never read a previous point's metrics
     proc = run_dvc([sys.executable, "-m", "dvc", "exp", "run", "evaluate", "--name", name, *dvc_set_args(typed)],
-                   project)
+                   project, run_id)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         return PointResult(name, typed, ok=False, wall_time_s=wall,
@@ -223,16 +233,17 @@ def apply_point(name: str, project: Path, params: Params, snapshot_sha256: str |
 def comparison_table(results: list[PointResult], best: str | None, metric: str,
                      registration: dict[str, Any] | None) -> list[dict[str, Any]]:
     """One row per point (JSON-safe values): experiment, overrides, status, FID, KID, samples, whether it is
-    ``best``, the registered version (best point only) and wall time in seconds. ``metric`` is the one ranked on."""
+    ``best``, the registered version (best point only), wall time in seconds and a note (e.g. "stopped early at
+    0.2 kimg (FID 312)"). ``metric`` is the one ranked on."""
     rows = []
     for r in results:
         rows.append({
             "experiment": r.name, "overrides": json.dumps(r.overrides, sort_keys=True),
-            "status": "ok" if r.ok else "failed", "fid": r.fid, "kid_mean": r.kid_mean, "num_samples": r.num_samples,
+            "status": r.status or ("ok" if r.ok else "failed"), "fid": r.fid, "kid_mean": r.kid_mean, "num_samples": r.num_samples,
             "best": r.name == best,
             "registered": (f"{registration['model_name']} v{registration['version']} @{registration['alias']}"
                            if registration and r.name == best else ""),
-            "wall_time_s": round(r.wall_time_s, 1),
+            "wall_time_s": round(r.wall_time_s, 1), "note": r.note,
         })
     return rows
 

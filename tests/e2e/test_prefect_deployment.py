@@ -21,7 +21,7 @@ from .conftest import project_env, tracking_client
 
 pytestmark = pytest.mark.e2e
 
-POOL, GPU_POOL = "ganops-local", "ganops-gpu"  # as in prefect.yaml
+POOL, GPU_POOL, SWEEP_POOL = "ganops-local", "ganops-gpu", "ganops-sweep"  # as in prefect.yaml
 DEPLOYMENT = "ganops-pipeline/nightly"
 # No in-training FID: loading the Inception network in the train stage too costs minutes on a busy 2-core machine
 # (tests/unit/test_flows.py reads a real training loop's FID lines instead).
@@ -133,7 +133,7 @@ def test_deployment_runs_through_a_process_worker_and_registers_a_champion(tiny_
     srv, project = prefect_server, tiny_project
     t0 = time.perf_counter()
     print(json.dumps({"server_start_s": round(srv.start_s, 1)}))
-    for pool in (POOL, GPU_POOL):
+    for pool in (POOL, GPU_POOL, SWEEP_POOL):
         srv.cli(["work-pool", "create", pool, "--type", "process"], project)
     srv.cli(["--no-prompt", "deploy", "--all"], project)
     # The GPU deployment: its own pool, CUDA defaults, and a working directory resolved on the GPU worker at run time.
@@ -142,6 +142,9 @@ def test_deployment_runs_through_a_process_worker_and_registers_a_champion(tiny_
     assert gpu["job_variables"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
     assert gpu["pull_steps"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $GANOPS_CHECKOUT }}"}}]
+    # The sweep-point deployment (tests/e2e/test_sweep_fanout.py runs it): its pool, the worker's checkout.
+    point = srv.api("GET", "/deployments/name/ganops-sweep-point/sweep-point")
+    assert point["work_pool_name"] == SWEEP_POOL and point["pull_steps"] == gpu["pull_steps"]
     deployment = srv.api("GET", f"/deployments/name/{DEPLOYMENT}")
     assert deployment["work_pool_name"] == POOL and deployment["entrypoint"] == "flows/pipeline.py:ganops_pipeline"
     assert deployment["pull_steps"] == [  # no pull section: the checkout `prefect deploy` ran in

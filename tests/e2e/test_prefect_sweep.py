@@ -101,4 +101,7 @@ def test_sweep_rejects_a_bad_point_before_any_experiment(tiny_project, monkeypat
                               project_dir=str(tiny_project))
     with pytest.raises(ValueError, match="names must be unique"):
         sweep.ganops_sweep.fn(points=[{}, {}], names=["a", "a"], project_dir=str(tiny_project))
+    with pytest.raises(ValueError, match="successive halving needs a deployment"):
+        sweep.ganops_sweep.fn(points=[{}, {}], names=["a", "b"], project_dir=str(tiny_project),
+                              halving_rungs_kimg=[0.1])
     assert not (tiny_project / "data" / "prepared").exists()  # nothing ran

@@ -66,7 +66,7 @@ def test_comparison_table_marks_the_best_and_its_registration():
     rows = comparison_table(results, "a", "fid", reg)
     assert rows[0] == {"experiment": "a", "overrides": json.dumps({"train.lr_g": 1e-4}), "status": "ok", "fid": 10.0,
                        "kid_mean": None, "num_samples": None, "best": True, "registered": "m v2 @champion",
-                       "wall_time_s": 12.3}
+                       "wall_time_s": 12.3, "note": ""}
     assert (rows[1]["status"], rows[1]["best"], rows[1]["registered"]) == ("failed", False, "")
 
 
