@@ -255,7 +255,11 @@ def main(argv: list[str] | None = None) -> None:
         results_file = HERE / "ttq_results.json"
         if not results_file.is_file():
             raise SystemExit(f"{results_file} not found: run the benchmark (run or evaluate) first")
-        _write_outputs(json.loads(results_file.read_text()))
+        try:
+            _write_outputs(json.loads(results_file.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise SystemExit(f"{results_file} is not a results file of this benchmark ({err!r}); restore it "
+                             "(git checkout) or re-run the benchmark") from None
         return
     a.out.mkdir(parents=True, exist_ok=True)
 

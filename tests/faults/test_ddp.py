@@ -117,3 +117,16 @@ def test_torchrun_ganops_train_two_gloo_ranks_identical_weights(tmp_path: Path, 
     run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["ganops.status.train"] == "ok"
     assert run.data.metrics["metric/fid"] == pytest.approx(fids[0]["metric/fid"])
+
+
+@pytest.mark.parametrize("env", [{"RANK": "1"}, {"RANK": "x"}, {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}])
+def test_stray_distributed_environment_is_a_named_user_error(monkeypatch, env):
+    """Leftover torchrun variables in a plain shell: a one-line error that says to use torchrun or unset them."""
+    from ganops.training.distributed import DistributedEnvError, setup
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(DistributedEnvError, match="launch with torchrun .* or unset these variables"):
+        setup(torch.device("cpu"), timeout_s=5)

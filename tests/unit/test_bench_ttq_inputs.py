@@ -70,3 +70,10 @@ def test_report_rerenders_table_plot_and_dvc_curves_from_the_results_json(ttq, t
     table = (tmp_path / "ttq_results.md").read_text()
     assert "Measured 2026-12-05 on AMD EPYC (AVX2)" in table and "| default | 8.00 | 194.4 | 52.53 |" in table
     assert (tmp_path / "ttq.png").stat().st_size > 0
+
+
+def test_report_refuses_a_corrupt_results_file(ttq, tmp_path, monkeypatch):
+    monkeypatch.setattr(ttq, "HERE", tmp_path)
+    (tmp_path / "ttq_results.json").write_text('{"runs": [')
+    with pytest.raises(SystemExit, match="is not a results file of this benchmark"):
+        ttq.main(["report"])

@@ -348,3 +348,10 @@ def test_exact_fp32_sets_cuda_flags_on_cuda_only_and_restores_them():
     finally:
         for (m, n), v in zip(flags, saved):
             setattr(m, n, v)
+
+
+def test_junk_npz_source_names_the_file(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"junk\.npz: not a readable \.npz"):
+        compare(str(junk), str(junk), extractor=FakeExtractor())

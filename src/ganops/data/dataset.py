@@ -8,6 +8,7 @@ before this format (``<split>.npz``) still loads, into memory, with a warning to
 from __future__ import annotations
 
 import json
+import zipfile
 import logging
 from pathlib import Path
 
@@ -62,12 +63,11 @@ def load_split(prepared_dir: str | Path, split: str) -> tuple[np.ndarray, np.nda
         path = prepared_dir / f"{split}.npz"
     else:
         path = images_path
-        _require(images_path), _require(labels_path)
-        try:
-            images = np.load(images_path, mmap_mode="r", allow_pickle=False)
-            labels = np.load(labels_path, allow_pickle=False)
-        except (ValueError, OSError) as err:  # a truncated file or a bad header
-            raise DataError(f"{path}: cannot be read ({err}); re-run prepare") from None
+        images = _load_npy(_require(images_path), mmap_mode="r")
+        labels = _load_npy(_require(labels_path))
+        if labels.dtype != np.int64 or labels.ndim != 1:
+            raise DataError(f"{labels_path}: expected labels int64 (N,), got {labels.dtype} {labels.shape}; "
+                            "re-run prepare")
     if images.dtype != np.uint8 or images.ndim != 4 or labels.dtype != np.int64 or labels.shape != images.shape[:1]:
         raise DataError(
             f"{path}: expected images uint8 (N, C, H, W) and labels int64 (N,), got images {images.dtype} "
@@ -76,15 +76,30 @@ def load_split(prepared_dir: str | Path, split: str) -> tuple[np.ndarray, np.nda
     return images, labels
 
 
+def _load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """One ``.npy`` array; DataError naming the file when it is truncated, has a bad header or is not an .npy."""
+    try:
+        arr = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:  # a truncated file, a bad header, pickled objects
+        raise DataError(f"{path}: cannot be read ({err}); re-run prepare") from None
+    if not isinstance(arr, np.ndarray):  # np.load opens zip content as an NpzFile whatever the file is called
+        arr.close()
+        raise DataError(f"{path}: not an .npy array (a zip archive?); re-run prepare")
+    return arr
+
+
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     log.warning("%s is the old prepared format (whole arrays in one .npz, loaded into memory); re-run prepare "
                 "(`ganops prepare` or `dvc repro prepare`) to get memory-mapped %s / %s", path,
                 images_file(path.stem), labels_file(path.stem))
-    with np.load(path, allow_pickle=False) as npz:
-        missing = {"images", "labels"} - set(npz.files)
-        if missing:
-            raise DataError(f"{path}: missing arrays {sorted(missing)}; re-run prepare")
-        return npz["images"], npz["labels"]
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = {"images", "labels"} - set(npz.files)
+            if missing:
+                raise DataError(f"{path}: missing arrays {sorted(missing)}; re-run prepare")
+            return npz["images"], npz["labels"]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:  # torn archive, pickled objects
+        raise DataError(f"{path}: cannot be read ({err}); re-run prepare") from None
 
 
 def save_split(prepared_dir: str | Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:

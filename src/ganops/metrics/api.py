@@ -140,7 +140,13 @@ def load_images_or_stats(source: str, *, num_samples: int | None = None, seed: i
         return _load_folder(path, num_samples)
     if path.suffix != ".npz":
         raise ValueError(f"{source}: unsupported source; use an image folder, an .npz or a models:/ URI")
-    with np.load(path, allow_pickle=False) as z:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{source}: not a readable .npz ({err}); expected 'images' or 'mu' and 'sigma'") from None
+    if not hasattr(z, "files"):
+        raise ValueError(f"{source}: an .npy array, not an .npz; save it with np.savez(..., images=...)")
+    with z:
         if "mu" in z and "sigma" in z:
             return np.asarray(z["mu"], np.float64), np.asarray(z["sigma"], np.float64)
         if "images" in z:

@@ -50,20 +50,29 @@ class DistInfo:
         return self.rank == 0
 
 
+class DistributedEnvError(ValueError):
+    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...) is incomplete or inconsistent."""
+
+
+_ENV_HINT = ("launch with torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT), or unset "
+             "these variables for a single process")
+
+
 def env_info() -> DistInfo:
     """Read torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (absent = single process).
 
     Raises:
-        ValueError: the variables are not integers or are inconsistent (rank outside ``[0, world_size)``).
+        DistributedEnvError: the variables are not integers or are inconsistent (rank outside ``[0, world_size)``).
     """
     try:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
     except ValueError as err:
-        raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers (set by torchrun): {err}") from None
+        raise DistributedEnvError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers: {err}; {_ENV_HINT}") from None
     if world < 1 or not 0 <= rank < world or local < 0:
-        raise ValueError(f"inconsistent distributed environment: RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local}")
+        raise DistributedEnvError(f"inconsistent distributed environment: RANK={rank} WORLD_SIZE={world} "
+                                  f"LOCAL_RANK={local}; {_ENV_HINT}")
     return DistInfo(rank=rank, world_size=world, local_rank=local)
 
 
@@ -76,7 +85,8 @@ def setup(device: torch.device, timeout_s: float = 300.0) -> tuple[DistInfo, tor
     Returns:
         ``(info, device)`` with ``device`` specialised to this rank.
     Raises:
-        ValueError: bad torchrun environment, or more local ranks than visible GPUs.
+        DistributedEnvError: bad torchrun environment (e.g. MASTER_ADDR missing).
+        ValueError: more local ranks than visible GPUs.
     """
     info = env_info()
     if not info.enabled:
@@ -89,7 +99,10 @@ def setup(device: torch.device, timeout_s: float = 300.0) -> tuple[DistInfo, tor
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        except ValueError as err:  # torch's env:// rendezvous: a variable it needs is missing
+            raise DistributedEnvError(f"{err}; {_ENV_HINT}") from None
     return info, device
 
 
