@@ -142,7 +142,8 @@ def collect_results(runs: dict[str, str], states: dict[str, dict[str, Any]], typ
     """One :class:`PointResult` per point (submission order) from its MLflow run's result tag and its final state.
 
     Only a COMPLETED run keeps ``ok=True``; a point without a result tag (lost before it finished) gets the state's
-    message as ``error``. MLflow runs of points that did not complete and were left RUNNING are ended KILLED.
+    message as ``error``. The MLflow run of a point that did not complete ends KILLED when it was left RUNNING, or
+    FINISHED by the last stage that ended before the point was lost (a FAILED run stays FAILED).
     ``ml`` is an ``MlflowClient`` on the sweep's tracking store.
     """
     by_run = point_runs(ml, experiment_id, sweep_id)
@@ -158,7 +159,7 @@ def collect_results(runs: dict[str, str], states: dict[str, dict[str, Any]], typ
         result.flow_run_id, result.started, result.ended = runs[name], state["started"], state["ended"]
         if run is not None:
             result.mlflow_run_id = run.info.run_id
-            if run.info.status == "RUNNING" and not result.ok:
+            if run.info.status in ("RUNNING", "FINISHED") and not result.ok:
                 ml.set_terminated(run.info.run_id, status="KILLED")
         results.append(result)
     return results
