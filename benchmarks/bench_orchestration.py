@@ -105,8 +105,8 @@ def bench_prefect_server() -> dict:
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "interpreter_wall_s": round(wall, 2)}
 
 
-def tiny_copy(dest: Path) -> Path:
-    """A fresh git repository holding the tracked files and params.yaml merged with TINY_PARAMS."""
+def tiny_copy(dest: Path, tiny_params: dict = TINY_PARAMS) -> Path:
+    """A fresh git repository holding the tracked files and params.yaml merged with ``tiny_params`` (per section)."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     for rel in filter(None, files.split("\0")):
         if (REPO / rel).is_file():
@@ -115,7 +115,7 @@ def tiny_copy(dest: Path) -> Path:
     for name in ("dvc.lock", "mlflow.db"):
         (dest / name).unlink(missing_ok=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in TINY_PARAMS.items():
+    for section, values in tiny_params.items():
         params[section] = {**params[section], **values} if isinstance(values, dict) else values
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=ganops-bench", "-c", "user.email=bench@ganops.local"]

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,27 +22,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from tests.e2e.conftest import TINY_PARAMS, _merge  # noqa: E402
+from tests.e2e.conftest import TINY_PARAMS  # noqa: E402
 from tests.e2e.sweep_harness import SweepCluster, commit_tiny_params, tiny_sweep_points  # noqa: E402
+
+from bench_orchestration import tiny_copy  # noqa: E402
 
 
 def fresh_copy(dest: Path) -> Path:
     """The repository's tracked files in a new git repository, params.yaml with the e2e tiny params, committed."""
-    import yaml
-
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for rel in filter(None, files.split("\0")):
-        if (REPO / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dest / rel)
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=ganops-bench", "-c", "user.email=bench@ganops.local"]
-    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench copy"]):
-        subprocess.run([*git, *cmd], cwd=dest, check=True)
-    commit_tiny_params(dest)
-    return dest
+    project = tiny_copy(dest, TINY_PARAMS)
+    commit_tiny_params(project)
+    return project
 
 
 def migrated_db(path: Path) -> Path:
