@@ -90,6 +90,18 @@ def register_best(project_dir: str) -> StageResult:
     return repro_stage("register", project_dir, None, lambda line: logger.info("[register] %s", line))
 
 
+def _best_or_raise(results: list, metric: str, what: str, listing: list, logger: Any):
+    """The point with the lowest finite ``metric``; when there is none, the table artifact of the failures and a
+    RuntimeError naming them (``what``: "point" or "experiment"; ``listing``: what the error lists of each)."""
+    best = best_point(results, metric)
+    if best is None:
+        create_table_artifact(comparison_table(results, None, metric, None), key=SWEEP_TABLE_KEY,
+                              description=f"ganops sweep: every {what} failed")
+        raise RuntimeError(f"every sweep {what} failed: {listing}; see the flow log")
+    logger.info("best %s: %s (%s %.4g); registering it", what, best.name, metric, getattr(best, metric))
+    return best
+
+
 def fan_out(deployment: str, names: list[str], typed_points: list[tuple[dict[str, Any], Params]], project: Path,
             sweep_id: str, metric: str, halving_rungs_kimg: list[float] | None, halving_eta: int,
             stale_after_s: float, push: bool) -> dict[str, Any]:
@@ -115,12 +127,7 @@ def fan_out(deployment: str, names: list[str], typed_points: list[tuple[dict[str
                                  eta=halving_eta, stale_after_s=stale_after_s)
     results = fanout.collect_results(runs, states, {n: t for n, (t, _) in zip(names, typed_points)}, ml, exp_id,
                                      sweep_id)
-    best = best_point(results, metric)
-    if best is None:
-        create_table_artifact(comparison_table(results, None, metric, None), key=SWEEP_TABLE_KEY,
-                              description="ganops sweep: every point failed")
-        raise RuntimeError(f"every sweep point failed: {[(r.name, r.status) for r in results]}; see the flow log")
-    logger.info("best point: %s (%s %.4g); registering it", best.name, metric, getattr(best, metric))
+    best = _best_or_raise(results, metric, "point", [(r.name, r.status) for r in results], logger)
     registration = fanout.register_in_workspace(best, params[best.name], uri, logger.info)
     create_table_artifact(comparison_table(results, best.name, metric, registration), key=SWEEP_TABLE_KEY,
                           description=f"ganops sweep {sweep_id} on {deployment}: {metric} per point; only the best "
@@ -189,12 +196,7 @@ def ganops_sweep(points: list[PipelineOverrides], names: list[str] | None = None
                        stale_after_s, push)
     results = [run_experiment(name, typed, params, str(project), baseline, sweep_id)
                for name, (typed, params) in zip(names, typed_points)]
-    best = best_point(results, metric)
-    if best is None:
-        create_table_artifact(comparison_table(results, None, metric, None), key=SWEEP_TABLE_KEY,
-                              description="ganops sweep: every experiment failed")
-        raise RuntimeError(f"every sweep experiment failed: {[r.name for r in results]}; see the flow log")
-    logger.info("best experiment: %s (%s %.4g); registering it", best.name, metric, getattr(best, metric))
+    best = _best_or_raise(results, metric, "experiment", [r.name for r in results], logger)
     best_params = typed_points[names.index(best.name)][1]
     apply_experiment(best.name, str(project), best_params, best.snapshot_sha256)
     register_best(str(project))
