@@ -33,7 +33,6 @@ from ganops.training.snapshot import (
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
-STATE_NAME, STATS_NAME = RunDir.STATE, RunDir.STATS
 
 # Options a run may resume with when they change (train.on_config_change=restart restarts on any other change):
 # its length, logging / sampling / checkpoint / evaluation intervals, where and how fast it runs, and the policy.
@@ -89,11 +88,6 @@ def truncate_stats(path: Path, keep_through_step: int) -> None:
         f.write("".join(ln + "\n" for ln in kept))
 
 
-def discard_training_outputs(run_dir: Path) -> None:
-    """Delete what the training loop writes (other files in run_dir, e.g. the tracker's mlflow_run.json, stay)."""
-    RunDir(run_dir).discard_training_outputs()
-
-
 def resume_state(run_dir: Path, cfg: TrainConfig, arch_config: dict[str, Any]) -> dict[str, Any] | None:
     """The training state to continue from, or None to start from scratch.
 
@@ -105,7 +99,7 @@ def resume_state(run_dir: Path, cfg: TrainConfig, arch_config: dict[str, Any]) -
         ResumeMismatchError: another architecture config and ``on_config_change=refuse``.
         CorruptCheckpointError, UnsafeCheckpointError: the state file cannot be read safely.
     """
-    state_path = run_dir / STATE_NAME
+    state_path = RunDir(run_dir).state
     state = load_torch(state_path, "cpu") if state_path.is_file() else None
     if state is None:
         return None
@@ -118,14 +112,14 @@ def resume_state(run_dir: Path, cfg: TrainConfig, arch_config: dict[str, Any]) -
     if diffs:
         log.warning("%s was trained with a different architecture config (%s); train.on_config_change=restart: "
                     "discarding its training outputs and training from scratch", state_path, "; ".join(diffs))
-        discard_training_outputs(run_dir)
+        RunDir(run_dir).discard_training_outputs()
         return None
     changed = changed_options(state["options"], cfg.model_dump(mode="json"))
     retrained = describe_changes({k: v for k, v in changed.items() if k not in RESUMABLE_OPTIONS})
     if retrained and cfg.on_config_change == "restart":
         log.warning("%s was trained with other hyper-parameters (%s); train.on_config_change=restart: "
                     "training from scratch", state_path, "; ".join(retrained))
-        discard_training_outputs(run_dir)
+        RunDir(run_dir).discard_training_outputs()
         return None
     if changed:
         log.warning("resuming %s with changed options: %s", run_dir, "; ".join(describe_changes(changed)))
@@ -160,13 +154,13 @@ def load_state(state: dict[str, Any], *, nets: dict[str, torch.nn.Module], opts:
         try:
             ada.load_state_dict(state["augment"]["ada"])
         except ValueError as err:
-            raise CorruptCheckpointError(f"{STATE_NAME}: {err}; delete the run directory to start over, or "
+            raise CorruptCheckpointError(f"{RunDir.STATE}: {err}; delete the run directory to start over, or "
                                          "restore the file from the DVC cache (dvc checkout)") from None
     set_rng_state(state["rng"], data_gen)
     return {"step": int(state["step"]), "cur_nimg": int(state["cur_nimg"]), "best_fid": float(state["best_fid"]),
             "wall_time_s": float(state["wall_time_s"]), "last_stats": dict(state["last_stats"])}
 
 
-__all__ = ["RESUMABLE_OPTIONS", "STATE_FORMAT", "STATE_NAME", "STATS_NAME", "ResumeMismatchError",
-           "discard_training_outputs", "load_state", "resume_state", "rng_state", "save_state", "set_rng_state",
+__all__ = ["RESUMABLE_OPTIONS", "STATE_FORMAT", "ResumeMismatchError",
+           "load_state", "resume_state", "rng_state", "save_state", "set_rng_state",
            "truncate_stats"]
