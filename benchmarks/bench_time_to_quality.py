@@ -14,6 +14,8 @@ does (data loading, steps, grids, checkpoints) except the benchmark's own snapsh
     .venv/bin/python benchmarks/bench_time_to_quality.py run --contenders default,reference --budget-min 15 \
         --points-min 3.75,7.5,15 --num-samples 10000        # trains both at once (cores 0 and 1), then evaluates
     .venv/bin/python benchmarks/bench_time_to_quality.py evaluate --num-samples 10000   # re-evaluate kept snapshots
+    taskset -c 1 .venv/bin/python benchmarks/bench_time_to_quality.py features --contenders default \
+        --eval-points-min 15 --range 5000:10000   # one shard of one snapshot's generated features, on core 1
     .venv/bin/python benchmarks/bench_time_to_quality.py report   # re-render table, plot, curves from the JSON
 
 Outputs: under ``--out`` (default ``benchmarks/ttq``, not versioned) the ``<contender>/t<seconds>.pt`` snapshots and
@@ -36,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -145,6 +148,66 @@ def train_reference(out: Path, points_min: list[float], seed: int) -> dict:
     return {"contender": "reference", "points": clock.kept, "images_per_s": n_steps * 64 / clock.elapsed()}
 
 
+def _shard_dir(cdir: Path, snapshot: str, num_samples: int, seed: int) -> Path:
+    return cdir / "features" / f"{Path(snapshot).stem}-n{num_samples}-seed{seed}"
+
+
+def features(out: Path, name: str, point_min: float, num_samples: int, seed: int, lo: int, hi: int) -> Path:
+    """Inception features (float32 (hi - lo, 2048)) of samples lo..hi-1 of the ``num_samples`` samples that
+    :func:`evaluate` draws from the snapshot at ``point_min`` (the same latent rows, see ``latents``), written to one
+    .npy under ``<contender>/features/``. Shards computed on different cores stand in for the whole set in
+    ``evaluate``, so one FID-10k can use both cores, and an interrupted evaluation keeps its finished shards.
+
+    Raises:
+        SystemExit: no such point, or a range outside 0..num_samples.
+    """
+    from ganops.config import EvaluateConfig
+    from ganops.io import atomic_write
+    from ganops.metrics.api import stage_extractor
+    from ganops.metrics.preprocess import quantize_to_uint8
+    from ganops.training.sampling import latents
+    from ganops.training.snapshot import load_generator
+    from tqdm.auto import tqdm
+
+    if not 0 <= lo < hi <= num_samples:
+        raise SystemExit(f"--range must satisfy 0 <= LO < HI <= --num-samples ({num_samples}), got {lo}:{hi}")
+    cdir = out / name
+    kept = json.loads((cdir / "train.json").read_text())["points"]
+    points = [p for p in kept if abs(p["point_s"] - point_min * 60) < 1]
+    if not points:
+        raise SystemExit(f"{cdir}: no snapshot kept at {point_min} training minutes")
+    cfg = EvaluateConfig(num_samples=num_samples, protocol="legacy_tensorflow", device="cpu")
+    extractor = stage_extractor(cfg)
+    G, _ = load_generator(cdir / points[0]["snapshot"])
+    z = latents(num_samples, G.z_dim, seed)[lo:hi]
+    feats = []
+    with torch.no_grad():
+        for start in tqdm(range(0, hi - lo, cfg.batch_size), desc=f"features {name} {lo}:{hi}", unit="batch"):
+            batch = G(z[start:start + cfg.batch_size], None).float()
+            feats.append(extractor.features(quantize_to_uint8(batch), cfg.protocol, cfg.batch_size))
+    path = _shard_dir(cdir, points[0]["snapshot"], num_samples, seed) / f"{lo:06d}-{hi:06d}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        np.save(f, np.concatenate(feats).astype(np.float32))
+    return path
+
+
+def _shard_stats(cdir: Path, snapshot: str, num_samples: int, seed: int):
+    """FeatureStats from shard files that cover 0..num_samples exactly, else None."""
+    from ganops.metrics.fid import FeatureStats
+
+    d = _shard_dir(cdir, snapshot, num_samples, seed)
+    files = sorted(d.glob("*.npy")) if d.is_dir() else []
+    ranges = [tuple(int(x) for x in f.stem.split("-")) for f in files]
+    if not files or ranges[0][0] != 0 or ranges[-1][1] != num_samples or any(
+            a[1] != b[0] for a, b in zip(ranges, ranges[1:])):
+        return None
+    stats = FeatureStats(max_kept=num_samples)
+    for f in files:
+        stats.append(np.load(f))
+    return stats
+
+
 def evaluate(out: Path, num_samples: int, seed: int, contenders: list[str] | None,
              num_real: int = 10_000, only_min: list[float] | None = None) -> dict[str, list[dict]]:
     """FID (num_samples generated vs the first num_real test images, 10k = all) of every kept snapshot; P/R and
@@ -170,9 +233,12 @@ def evaluate(out: Path, num_samples: int, seed: int, contenders: list[str] | Non
         for i, point in enumerate(tqdm(points, desc=f"FID {cdir.name}", unit="snapshot")):
             G, _ = load_generator(cdir / point["snapshot"])
             t = time.time()
-            fake = generated_stats(G, extractor, cfg, seed)
+            fake = _shard_stats(cdir, point["snapshot"], num_samples, seed)
+            sharded = fake is not None  # features from the `features` command's shards (their time is not here)
+            fake = fake or generated_stats(G, extractor, cfg, seed)
             row = {**point, "fid": frechet_distance(fake.mean, fake.cov, real.mu, real.sigma),
-                   "num_generated": fake.n, "num_real": real.n, "eval_s": round(time.time() - t, 1)}
+                   "num_generated": fake.n, "num_real": real.n, "eval_s": round(time.time() - t, 1),
+                   "features_from_shards": sharded}
             if i == len(points) - 1:
                 n = min(len(fake.kept_features), len(real.features))
                 row.update(precision_recall(real.features[:n], fake.kept_features[:n]),
@@ -232,7 +298,7 @@ def _write_outputs(out: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=["run", "train", "evaluate", "report"])
+    ap.add_argument("command", choices=["run", "train", "features", "evaluate", "report"])
     ap.add_argument("--contenders", default="default,reference",
                     help=f"comma list of {', '.join(CONTENDERS)} (run: at most 2, one per core)")
     ap.add_argument("--budget-min", type=float, default=15.0)
@@ -242,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-real", type=int, default=10_000, help="test images per FID (10k = Lucic protocol)")
     ap.add_argument("--eval-points-min", default=None, help="evaluate only these of the kept points (minutes)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--range", default=None, help="features: LO:HI, the samples of this shard (default: all)")
     ap.add_argument("--out", type=Path, default=HERE / "ttq")
     a = ap.parse_args(argv)
     names = [n.strip() for n in a.contenders.split(",") if n.strip()]
@@ -271,6 +338,15 @@ def main(argv: list[str] | None = None) -> None:
                                                                                               a.seed)
         (cdir / "train.json").write_text(json.dumps(info, indent=1))
         print(json.dumps(info), flush=True)
+        return
+    if a.command == "features":  # one shard of one snapshot's generated features (pin it with taskset)
+        (name,) = names
+        (point,) = _points(a.eval_points_min or "")
+        try:
+            lo, hi = (int(x) for x in (a.range or f"0:{a.num_samples}").split(":"))
+        except ValueError:
+            raise SystemExit(f"--range must be LO:HI (two integers), got {a.range!r}") from None
+        print(features(a.out, name, point, a.num_samples, a.seed, lo, hi))
         return
     if a.command == "run":
         if len(names) > 2:

@@ -77,3 +77,62 @@ def test_report_refuses_a_corrupt_results_file(ttq, tmp_path, monkeypatch):
     (tmp_path / "ttq_results.json").write_text('{"runs": [')
     with pytest.raises(SystemExit, match="is not a results file of this benchmark"):
         ttq.main(["report"])
+
+
+class _ChannelMeanFeatures:
+    """16-d deterministic 'features' of uint8 images (a fixed projection of the channel mean), float32 values in a
+    float64 array, as the Inception extractor returns them."""
+
+    weights_sha256, precision, device = "f" * 64, "fp32", torch.device("cpu")
+
+    def features(self, images, protocol="legacy_tensorflow", batch_size=64):
+        x = torch.as_tensor(images).float().mean(dim=1).flatten(1) / 255
+        return (x.double() @ torch.randn(x.shape[1], 16, generator=torch.Generator().manual_seed(0),
+                                         dtype=torch.float64)).float().double().numpy()
+
+
+def test_feature_shards_stand_in_for_the_whole_generated_set(ttq, tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+
+    from ganops.config import EvaluateConfig
+    from ganops.metrics import api
+    from ganops.models import build_G
+    from ganops.training.snapshot import save_snapshot
+
+    monkeypatch.setattr(api, "stage_extractor", lambda cfg: _ChannelMeanFeatures())
+    kw = {"z_dim": 8, "ngf": 4, "resolution": 16, "channels": 1, "num_classes": 0}
+    torch.manual_seed(0)
+    G = build_G("dcgan", **kw).eval()
+    cdir = tmp_path / "default"
+    save_snapshot(cdir / "t00060.pt", G, {"arch": "dcgan", "G_kwargs": kw, "kimg": 1.0, "step": 16, **kw})
+    (cdir / "train.json").write_text(json.dumps({"points": [{"point_s": 60.0, "snapshot": "t00060.pt"}]}))
+
+    for lo, hi in [(0, 3), (3, 7)]:
+        ttq.main(["features", "--contenders", "default", "--eval-points-min", "1", "--range", f"{lo}:{hi}",
+                  "--num-samples", "7", "--out", str(tmp_path)])
+    shards = ttq._shard_stats(cdir, "t00060.pt", 7, 0)
+    whole = api.generated_stats(G, _ChannelMeanFeatures(), EvaluateConfig(num_samples=7, device="cpu"), seed=0)
+    assert shards.n == whole.n == 7
+    np.testing.assert_allclose(shards.kept_features, whole.kept_features, rtol=1e-6)  # the same samples, in order
+    np.testing.assert_allclose(shards.cov, whole.cov, rtol=1e-5, atol=1e-12)
+    assert ttq._shard_stats(cdir, "t00060.pt", 7, seed=1) is None  # other latents: not these shards
+
+    next((cdir / "features").rglob("000003-000007.npy")).unlink()  # a gap: the shards no longer cover 0..7
+    assert ttq._shard_stats(cdir, "t00060.pt", 7, 0) is None
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--eval-points-min", "1", "--range", "5:3"], "0 <= LO < HI <= --num-samples (7)"),
+    (["--eval-points-min", "1", "--range", "a:b"], "--range must be LO:HI"),
+    (["--eval-points-min", "2"], "no snapshot kept at 2.0 training minutes"),
+])
+def test_features_refuses_a_bad_range_or_point(ttq, tmp_path, extra, message):
+    import json
+
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "train.json").write_text(json.dumps({"points": [{"point_s": 60.0, "snapshot": "x.pt"}]}))
+    with pytest.raises(SystemExit) as info:
+        ttq.main(["features", "--contenders", "default", "--num-samples", "7", "--out", str(tmp_path), *extra])
+    assert message in str(info.value)
