@@ -102,7 +102,7 @@ def _prepared_dir() -> Path:
     return ROOT / load_params(ROOT / "params.yaml").prepare.out_dir
 
 
-def train_ganops(name: str, out: Path, points_min: list[float], seed: int) -> dict:
+def train_ganops(name: str, out: Path, points_min: list[float], seed: int, threads: int = 1) -> dict:
     from ganops.config import TrainConfig, load_params
     from ganops.rundir import RunDir
     from ganops.training.loop import training_loop
@@ -110,7 +110,7 @@ def train_ganops(name: str, out: Path, points_min: list[float], seed: int) -> di
 
     base = load_params(ROOT / "params.yaml").train.model_dump()
     overrides = CONTENDERS[name][1]
-    cfg = TrainConfig(**{**base, **overrides, "total_kimg": 1e6, "num_threads": 1, "device": "cpu",
+    cfg = TrainConfig(**{**base, **overrides, "total_kimg": 1e6, "num_threads": threads, "device": "cpu",
                          "run_dir": str(out / "run"), "eval_every_kimg": 0.0, "on_config_change": "restart",
                          "checkpoint_every_kimg": 100.0, "sample_every_kimg": 100.0})
 
@@ -122,7 +122,8 @@ def train_ganops(name: str, out: Path, points_min: list[float], seed: int) -> di
 
     clock = _Clock(out, points_min, save)
     summary = training_loop(cfg, prepared_dir=_prepared_dir(), seed=seed, progress=False, on_step=clock.tick)
-    return {"contender": name, "points": clock.kept, "images_per_s": summary["kimg"] * 1000 / clock.elapsed(),
+    return {"contender": name, "threads": threads, "points": clock.kept,
+            "images_per_s": summary["kimg"] * 1000 / clock.elapsed(),
             "config": {k: v for k, v in cfg.model_dump(mode="json").items() if k in overrides or k in ("arch",)}}
 
 
@@ -146,6 +147,12 @@ def train_reference(out: Path, points_min: list[float], seed: int) -> dict:
     _, stats = reference_train(images, steps=10**9, seed=seed, stop_fn=lambda step, G: clock.tick(step, step * 64, G))
     n_steps = len(stats["sec_per_step"])
     return {"contender": "reference", "points": clock.kept, "images_per_s": n_steps * 64 / clock.elapsed()}
+
+
+def _result_key(name: str, info: dict) -> str:
+    """A contender trained with more than one thread (``train --threads``) gets its own curve: ``<name>-<N>threads``."""
+    threads = info.get("threads", 1)
+    return name if threads == 1 else f"{name}-{threads}threads"
 
 
 def _shard_dir(cdir: Path, snapshot: str, num_samples: int, seed: int) -> Path:
@@ -244,8 +251,8 @@ def evaluate(out: Path, num_samples: int, seed: int, contenders: list[str] | Non
                 row.update(precision_recall(real.features[:n], fake.kept_features[:n]),
                            **density_coverage(real.features[:n], fake.kept_features[:n]), prdc_n=n)
             rows.append(row)
-            print(json.dumps({"contender": cdir.name, **row}), flush=True)
-        results[cdir.name] = rows
+            print(json.dumps({"contender": _result_key(cdir.name, info), **row}), flush=True)
+        results[_result_key(cdir.name, info)] = rows
     return results
 
 
@@ -259,7 +266,7 @@ def _plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
     for name, rows in results.items():
         ax.plot([r["train_s"] / 60 for r in rows], [r["fid"] for r in rows], marker="o", label=name)
     ax.axhline(LUCIC_BEST_FID, color="grey", ls="--", lw=0.8, label="Lucic et al. 2018 best (21.5)")
-    ax.set(xscale="log", yscale="log", xlabel="training wall-clock (min, one core each)", ylabel="FID", title=title)
+    ax.set(xscale="log", yscale="log", xlabel="training wall-clock (min)", ylabel="FID", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -287,7 +294,8 @@ def _curves(results: dict[str, list[dict]], out_dir: Path) -> None:
 def _write_outputs(out: dict[str, Any]) -> None:
     """ttq_results.json, the markdown table, the PNG plot and the DVC plot curves of one results object."""
     info, results = out["machine"], out["results"]
-    header = (f"Measured {out['date']} on {info['cpu']} ({info['cpu_capability']}), one core per contender, "
+    header = (f"Measured {out['date']} on {info['cpu']} ({info['cpu_capability']}), one core per contender (a "
+              "`-Nthreads` contender: N threads), "
               f"FID of {out['num_samples']} G samples vs {out['num_real']} Fashion-MNIST test images (the Lucic "
               "protocol itself uses 10,000 vs 10,000).")
     (HERE / "ttq_results.json").write_text(json.dumps(out, indent=1))
@@ -308,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-real", type=int, default=10_000, help="test images per FID (10k = Lucic protocol)")
     ap.add_argument("--eval-points-min", default=None, help="evaluate only these of the kept points (minutes)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, choices=range(1, 65), metavar="N",
+                    help="train: CPU threads of a ganops contender (run always uses 1 per core)")
     ap.add_argument("--range", default=None, help="features: LO:HI, the samples of this shard (default: all)")
     ap.add_argument("--out", type=Path, default=HERE / "ttq")
     a = ap.parse_args(argv)
@@ -334,8 +344,8 @@ def main(argv: list[str] | None = None) -> None:
         (name,) = names
         cdir = a.out / name
         cdir.mkdir(exist_ok=True)
-        info = train_reference(cdir, points, a.seed) if name == "reference" else train_ganops(name, cdir, points,
-                                                                                              a.seed)
+        info = (train_reference(cdir, points, a.seed) if name == "reference"
+                else train_ganops(name, cdir, points, a.seed, a.threads))
         (cdir / "train.json").write_text(json.dumps(info, indent=1))
         print(json.dumps(info), flush=True)
         return
@@ -362,15 +372,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"trained {names} in {time.time() - t0:.0f} s", file=sys.stderr)
     only = _points(a.eval_points_min) if a.eval_points_min else None
     results = evaluate(a.out, a.num_samples, a.seed, names, a.num_real, only)
-    previous = HERE / "ttq_results.json"
+    previous, old = HERE / "ttq_results.json", {}
     if a.command == "evaluate" and previous.is_file():  # add to the other contenders' rows of the same protocol
         old = json.loads(previous.read_text())
         if (old.get("num_samples"), old.get("num_real")) == (a.num_samples, a.num_real):
             results = {**old["results"], **results}
+        else:
+            old = {}
+    train = dict(old.get("train", {}))
+    for n in names:  # each contender's training record, under its result key
+        if (a.out / n / "train.json").is_file():
+            info = json.loads((a.out / n / "train.json").read_text())
+            train[_result_key(n, info)] = info
     out = {"date": str(dt.date.today()), "machine": machine(), "num_samples": a.num_samples, "num_real": a.num_real,
-           "contenders": {n: CONTENDERS[n][0] for n in results}, "results": results,
-           "train": {n: json.loads((a.out / n / "train.json").read_text()) for n in results
-                     if (a.out / n / "train.json").is_file()}}
+           "contenders": {k: CONTENDERS[k.split("-")[0]][0] for k in results}, "results": results,
+           "train": {k: v for k, v in train.items() if k in results}}
     _write_outputs(out)
     print(json.dumps(out))
 

@@ -136,3 +136,11 @@ def test_features_refuses_a_bad_range_or_point(ttq, tmp_path, extra, message):
     with pytest.raises(SystemExit) as info:
         ttq.main(["features", "--contenders", "default", "--num-samples", "7", "--out", str(tmp_path), *extra])
     assert message in str(info.value)
+
+
+def test_a_contender_trained_with_more_threads_gets_its_own_curve(ttq):
+    assert ttq._result_key("default", {"points": []}) == "default"  # records from before --threads: one thread
+    assert ttq._result_key("default", {"threads": 1}) == "default"
+    assert ttq._result_key("default", {"threads": 2}) == "default-2threads"
+    with pytest.raises(SystemExit):
+        ttq.main(["train", "--contenders", "default", "--threads", "0"])
