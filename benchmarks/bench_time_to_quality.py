@@ -266,7 +266,10 @@ def _plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
     for name, rows in results.items():
         ax.plot([r["train_s"] / 60 for r in rows], [r["fid"] for r in rows], marker="o", label=name)
     ax.axhline(LUCIC_BEST_FID, color="grey", ls="--", lw=0.8, label="Lucic et al. 2018 best (21.5)")
-    ax.set(xscale="log", yscale="log", xlabel="training wall-clock (min)", ylabel="FID", title=title)
+    top_x = max((r["train_s"] / 60 for rows in results.values() for r in rows), default=1.0)
+    top_y = max([LUCIC_BEST_FID] + [r["fid"] for rows in results.values() for r in rows])
+    ax.set(xlim=(0, top_x * 1.1), ylim=(0, top_y * 1.1), xlabel="training wall-clock (min)", ylabel="FID",
+           title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
