@@ -21,7 +21,7 @@ does (data loading, steps, grids, checkpoints) except the benchmark's own snapsh
 Outputs: under ``--out`` (default ``benchmarks/ttq``, not versioned) the ``<contender>/t<seconds>.pt`` snapshots and
 ``<contender>/train.json``, so an evaluation can be redone without retraining; the results go to
 ``benchmarks/ttq_results.json`` and stdout, the table to ``benchmarks/ttq_results.md`` and the plot (FID against
-training minutes, log scales) to ``benchmarks/ttq.png``, and one curve per contender (columns train_min, kimg, fid)
+training minutes) to ``benchmarks/ttq.png``, and one curve per contender (columns train_min, kimg, fid)
 to ``benchmarks/ttq_curves/<contender>.csv``, the files of the ``time_to_quality`` plot in ``dvc.yaml``
 (``dvc plots show``).
 """
@@ -161,7 +161,8 @@ def _shard_dir(cdir: Path, snapshot: str, num_samples: int, seed: int) -> Path:
 
 def features(out: Path, name: str, point_min: float, num_samples: int, seed: int, lo: int, hi: int) -> Path:
     """Inception features (float32 (hi - lo, 2048)) of samples lo..hi-1 of the ``num_samples`` samples that
-    :func:`evaluate` draws from the snapshot at ``point_min`` (the same latent rows, see ``latents``), written to one
+    :func:`evaluate` draws from the snapshot at ``point_min`` (``iter_samples`` with the same seed and batch size, so
+    the same latents, labels and batches; G makes all hi of them, Inception sees only lo..hi-1), written to one
     .npy under ``<contender>/features/``. Shards computed on different cores stand in for the whole set in
     ``evaluate``, so one FID-10k can use both cores, and an interrupted evaluation keeps its finished shards.
 
@@ -172,7 +173,7 @@ def features(out: Path, name: str, point_min: float, num_samples: int, seed: int
     from ganops.io import atomic_write
     from ganops.metrics.api import stage_extractor
     from ganops.metrics.preprocess import quantize_to_uint8
-    from ganops.training.sampling import latents
+    from ganops.training.sampling import iter_samples
     from ganops.training.snapshot import load_generator
     from tqdm.auto import tqdm
 
@@ -186,12 +187,10 @@ def features(out: Path, name: str, point_min: float, num_samples: int, seed: int
     cfg = EvaluateConfig(num_samples=num_samples, protocol="legacy_tensorflow", device="cpu")
     extractor = stage_extractor(cfg)
     G, _ = load_generator(cdir / points[0]["snapshot"])
-    z = latents(num_samples, G.z_dim, seed)[lo:hi]
-    feats = []
-    with torch.no_grad():
-        for start in tqdm(range(0, hi - lo, cfg.batch_size), desc=f"features {name} {lo}:{hi}", unit="batch"):
-            batch = G(z[start:start + cfg.batch_size], None).float()
-            feats.append(extractor.features(quantize_to_uint8(batch), cfg.protocol, cfg.batch_size))
+    images = quantize_to_uint8(torch.cat(list(iter_samples(G, hi, seed=seed, batch_size=cfg.batch_size)))[lo:])
+    bs = cfg.batch_size
+    feats = [extractor.features(images[i:i + bs], cfg.protocol, bs)
+             for i in tqdm(range(0, hi - lo, bs), desc=f"features {name} {lo}:{hi}", unit="batch")]
     path = _shard_dir(cdir, points[0]["snapshot"], num_samples, seed) / f"{lo:06d}-{hi:06d}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as f:
@@ -238,11 +237,12 @@ def evaluate(out: Path, num_samples: int, seed: int, contenders: list[str] | Non
         points = [p for p in info["points"] if not only_min or any(abs(p["point_s"] - m * 60) < 1 for m in only_min)]
         rows = []
         for i, point in enumerate(tqdm(points, desc=f"FID {cdir.name}", unit="snapshot")):
-            G, _ = load_generator(cdir / point["snapshot"])
             t = time.time()
             fake = _shard_stats(cdir, point["snapshot"], num_samples, seed)
             sharded = fake is not None  # features from the `features` command's shards (their time is not here)
-            fake = fake or generated_stats(G, extractor, cfg, seed)
+            if not sharded:
+                G, _ = load_generator(cdir / point["snapshot"])
+                fake = generated_stats(G, extractor, cfg, seed)
             row = {**point, "fid": frechet_distance(fake.mean, fake.cov, real.mu, real.sigma),
                    "num_generated": fake.n, "num_real": real.n, "eval_s": round(time.time() - t, 1),
                    "features_from_shards": sharded}
