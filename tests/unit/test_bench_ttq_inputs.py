@@ -144,3 +144,16 @@ def test_a_contender_trained_with_more_threads_gets_its_own_curve(ttq):
     assert ttq._result_key("default", {"threads": 2}) == "default-2threads"
     with pytest.raises(SystemExit):
         ttq.main(["train", "--contenders", "default", "--threads", "0"])
+
+
+def test_every_ganops_contender_is_a_valid_train_config(ttq):
+    from ganops.config import TrainConfig, load_params
+
+    base = load_params(ttq.ROOT / "params.yaml").train.model_dump()
+    for name, (_, overrides) in ttq.CONTENDERS.items():
+        assert "-" not in name, f"{name}: '-' separates the thread count in result keys"
+        if name == "reference":
+            continue
+        cfg = TrainConfig(**{**base, **overrides})
+        assert {k: getattr(cfg, k) for k in overrides} == {
+            k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}, name
