@@ -73,7 +73,8 @@ def features(clf: Classifier, images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generated_uint8(G: nn.Module, num_samples: int, seed: int) -> torch.Tensor:
-    """uint8 (num_samples, C, H, W) samples of G, rounded from [-1, 1] as the pipeline stores images."""
+    """uint8 (num_samples, C, H, W) samples of an unconditional G, rounded from [-1, 1] as the pipeline stores
+    images."""
     gen = torch.Generator().manual_seed(seed)
     xs = []
     for _ in range(0, num_samples, BATCH):
@@ -123,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     out = {}
     for path in a.snapshots:
         G, meta = load_generator(path)
+        if meta.get("num_classes", 0):
+            raise SystemExit(f"{path}: a class-conditional G ({meta['num_classes']} classes); the proxy samples "
+                             "unconditional snapshots only (use bench_time_to_quality.py evaluate for this one)")
         out[str(path)] = {"kimg": meta.get("kimg"), "proxy_fid": round(proxy_fid(clf, G, real, a.num_samples,
                                                                                   a.seed), 2)}
         print(path, out[str(path)], file=sys.stderr, flush=True)
