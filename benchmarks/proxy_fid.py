@@ -66,7 +66,9 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = 2, se
 
 @torch.no_grad()
 def features(clf: Classifier, images: torch.Tensor) -> np.ndarray:
-    """float64 (N, 128) hidden features of uint8 images (N, 1, 28, 28)."""
+    """float64 (N, 128) hidden features of uint8 images (N, 1, 28, 28) in 0..255; ValueError for another dtype."""
+    if images.dtype != torch.uint8:
+        raise ValueError(f"features() takes uint8 images in 0..255, got {images.dtype}")
     out = [clf.features(images[i:i + BATCH].float() / 127.5 - 1).numpy() for i in range(0, len(images), BATCH)]
     return np.concatenate(out).astype(np.float64)
 
@@ -99,18 +101,36 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("snapshots", nargs="+", type=Path, help="G_ema snapshot files (t*.pt, network-snapshot*.pt)")
-    ap.add_argument("--num-samples", type=int, default=5000)
+    ap.add_argument("--num-samples", type=int, default=5000,
+                    help="G samples per snapshot, drawn in batches of 500 (at least 500: the covariance is 128-d)")
     ap.add_argument("--seed", type=int, default=123)
     ap.add_argument("--classifier", type=Path, default=ROOT / "cache" / "proxy_classifier.pt",
                     help="cached classifier weights; trained on the prepared train split and written when absent")
     a = ap.parse_args(argv)
+    if a.num_samples < BATCH:
+        raise SystemExit(f"--num-samples must be at least {BATCH} (the proxy's covariance is 128-d; 5000 is the "
+                         f"documented setting), got {a.num_samples}")
     missing = [str(p) for p in a.snapshots if not p.is_file()]
     if missing:
         raise SystemExit(f"snapshot(s) not found: {missing}")
+    generators = {}
+    for path in a.snapshots:  # every snapshot is checked before any work
+        try:
+            G, meta = load_generator(path)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+            raise SystemExit(f"{path} is not a G_ema snapshot ({type(err).__name__}: {err})") from None
+        if meta.get("num_classes", 0):
+            raise SystemExit(f"{path}: a class-conditional G ({meta['num_classes']} classes); the proxy samples "
+                             "unconditional snapshots only (use bench_time_to_quality.py evaluate for this one)")
+        generators[path] = (G, meta)
     prepared = ROOT / load_params(ROOT / "params.yaml").prepare.out_dir
     clf = Classifier()
     if a.classifier.is_file():
-        clf.load_state_dict(torch.load(a.classifier, weights_only=True))
+        try:
+            clf.load_state_dict(torch.load(a.classifier, weights_only=True))
+        except Exception as err:  # noqa: BLE001 - empty, truncated, not a state dict, other keys
+            raise SystemExit(f"{a.classifier} is not a proxy classifier ({type(err).__name__}: {err}); delete it "
+                             "and run again to train one (1-2 min)") from None
         clf.eval()
     else:
         print(f"training the proxy classifier (2 epochs) -> {a.classifier}", file=sys.stderr)
@@ -122,11 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     test_images, _ = load_split(prepared, "test")
     real = features(clf, torch.from_numpy(np.array(test_images)))
     out = {}
-    for path in a.snapshots:
-        G, meta = load_generator(path)
-        if meta.get("num_classes", 0):
-            raise SystemExit(f"{path}: a class-conditional G ({meta['num_classes']} classes); the proxy samples "
-                             "unconditional snapshots only (use bench_time_to_quality.py evaluate for this one)")
+    for path, (G, meta) in generators.items():
         out[str(path)] = {"kimg": meta.get("kimg"), "proxy_fid": round(proxy_fid(clf, G, real, a.num_samples,
                                                                                   a.seed), 2)}
         print(path, out[str(path)], file=sys.stderr, flush=True)

@@ -49,3 +49,31 @@ def test_proxy_is_zero_for_the_real_images_and_larger_for_others(proxy):
 def test_missing_snapshot_stops_with_its_name(proxy, tmp_path):
     with pytest.raises(SystemExit, match="snapshot.*not found.*nope.pt"):
         proxy.main([str(tmp_path / "nope.pt")])
+
+
+@pytest.fixture()
+def snapshot(tmp_path):
+    from ganops.models import build_G
+    from ganops.training.snapshot import save_snapshot
+
+    G_kwargs = dict(z_dim=8, ngf=8, resolution=28, channels=1, num_classes=0)
+    path = tmp_path / "t00060.pt"
+    save_snapshot(path, build_G("dcgan", **G_kwargs).eval(), dict(arch="dcgan", G_kwargs=G_kwargs, **G_kwargs,
+                                                                   kimg=1.0, step=16))
+    return path
+
+
+@pytest.mark.parametrize("case,message", [
+    ("few_samples", "--num-samples must be at least 500"),
+    ("not_a_snapshot", "is not a G_ema snapshot"),
+    ("bad_classifier", "is not a proxy classifier"),
+])
+def test_bad_input_stops_with_a_message(proxy, snapshot, tmp_path, case, message):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"")
+    argv = {"few_samples": [str(snapshot), "--num-samples", "7"],
+            "not_a_snapshot": [str(snapshot), str(bad)],
+            "bad_classifier": [str(snapshot), "--classifier", str(bad)]}[case]
+    with pytest.raises(SystemExit, match=message):
+        proxy.main(argv)
+    assert bad.read_bytes() == b""  # nothing overwritten
