@@ -43,8 +43,9 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def _to_float(images_u8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images_u8)).float() / 127.5 - 1
+def _to_float(images_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 (array or tensor) -> float32 in [-1, 1], as the classifier was trained."""
+    return torch.as_tensor(np.ascontiguousarray(images_u8)).float() / 127.5 - 1
 
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = 2, seed: int = 0) -> Classifier:
@@ -69,7 +70,7 @@ def features(clf: Classifier, images: torch.Tensor) -> np.ndarray:
     """float64 (N, 128) hidden features of uint8 images (N, 1, 28, 28) in 0..255; ValueError for another dtype."""
     if images.dtype != torch.uint8:
         raise ValueError(f"features() takes uint8 images in 0..255, got {images.dtype}")
-    out = [clf.features(images[i:i + BATCH].float() / 127.5 - 1).numpy() for i in range(0, len(images), BATCH)]
+    out = [clf.features(_to_float(images[i:i + BATCH])).numpy() for i in range(0, len(images), BATCH)]
     return np.concatenate(out).astype(np.float64)
 
 
@@ -97,6 +98,7 @@ def proxy_fid(clf: Classifier, G: nn.Module, real_features: np.ndarray, num_samp
 def main(argv: list[str] | None = None) -> None:
     from ganops.config import load_params
     from ganops.data.dataset import load_split
+    from ganops.io import atomic_write
     from ganops.training.snapshot import load_generator
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -135,10 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"training the proxy classifier (2 epochs) -> {a.classifier}", file=sys.stderr)
         clf = train_classifier(*load_split(prepared, "train"))
-        a.classifier.parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.classifier.with_suffix(".tmp")
-        torch.save(clf.state_dict(), tmp)
-        tmp.replace(a.classifier)
+        with atomic_write(a.classifier, "wb") as f:  # creates the folder; no half-written cache file
+            torch.save(clf.state_dict(), f)
     test_images, _ = load_split(prepared, "test")
     real = features(clf, torch.from_numpy(np.array(test_images)))
     out = {}
