@@ -63,6 +63,13 @@ CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
               dict(schedule_kimg=1230.0, lr_g_end=1e-4, lr_d_end=1e-4)),
     "lrcos_ema": ("default + cosine lr 1e-3 -> 1e-4 and G_ema half-life 10 -> 30 kimg over 1230 kimg",
                   dict(schedule_kimg=1230.0, lr_g_end=1e-4, lr_d_end=1e-4, ema_halflife_kimg_end=30.0)),
+    # Equal-wall-clock screens of the default recipe with one change each (benchmarks/README.md, "Tried, not kept").
+    "b128": ("default with batch 128", dict(batch_size=128)),
+    "ttur": ("default with D's lr doubled (2e-3; TTUR, Heusel et al. 2017)", dict(lr_d=2e-3)),
+    "d48": ("default with D widths 48 (G stays 32)", dict(ndf=48)),
+    "g48": ("default with G widths 48 (D stays 32)", dict(ngf=48)),
+    "hinge": ("default with the hinge loss (Lim & Ye 2017)", dict(loss="hinge")),
+    "beta099": ("default with Adam beta2 0.99 for G and D", dict(betas_g=(0.5, 0.99), betas_d=(0.5, 0.99))),
     "reference": ("pytorch/examples DCGAN loop (widths 64, BCE, Adam(2e-4, 0.5, 0.999), batch 64, DataLoader)", {}),
 }
 LUCIC_BEST_FID = 21.5  # Lucic et al. 2018, Fashion-MNIST, WGAN after their search

@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from ganops.cli import app
 from ganops.io import OutputWriteError, atomic_write, write_json
+from tests.fakes import ChannelMeanFeatures
 from tests.model.conftest import write_prepared
 
 DEV_FULL = Path("/dev/full")
@@ -238,20 +239,6 @@ def test_train_checkpoint_write_failure_keeps_last_good_state_and_marks_the_run_
 # ---- (c) metrics/eval.json and (d) the registration report ---------------------------------------------------------
 
 
-class _CheapExtractor:
-    """Stand-in for the Inception network (these tests are about the output file, not the numbers)."""
-
-    weights_sha256 = "c" * 64
-    has_classifier = False
-    device = torch.device("cpu")  # evaluate samples G where the extractor runs
-
-    def features(self, images, protocol="legacy_tensorflow", batch_size=64):
-        import torch
-
-        x = torch.as_tensor(np.asarray(images)).double().mean(dim=1).flatten(1) / 255
-        return x @ torch.randn(x.shape[1], 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-
-
 G_KWARGS = {"z_dim": 8, "ngf": 4, "resolution": 16, "channels": 1, "num_classes": 0}
 
 
@@ -291,7 +278,7 @@ def test_evaluate_disk_full_keeps_old_eval_json_and_nothing_is_registered(traine
 
     import ganops.metrics.api
 
-    monkeypatch.setattr(ganops.metrics.api, "load_feature_extractor", lambda *a, **k: _CheapExtractor())
+    monkeypatch.setattr(ganops.metrics.api, "load_feature_extractor", lambda *a, **k: ChannelMeanFeatures(dim=8))
     old = {"fid": 3.0, "kid_mean": 0.1, "kid_std": 0.01, "num_generated": 8, "num_real": 8,
            "protocol": "legacy_tensorflow", "snapshot_sha256": "0" * 64}  # scores an earlier snapshot
     eval_json = trained_project / "metrics" / "eval.json"

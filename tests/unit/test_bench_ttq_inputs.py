@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.fakes import ChannelMeanFeatures
 from tests.scripts import load_benchmark
 
 
@@ -79,18 +80,6 @@ def test_report_refuses_a_corrupt_results_file(ttq, tmp_path, monkeypatch):
         ttq.main(["report"])
 
 
-class _ChannelMeanFeatures:
-    """16-d deterministic 'features' of uint8 images (a fixed projection of the channel mean), float32 values in a
-    float64 array, as the Inception extractor returns them."""
-
-    weights_sha256, precision, device = "f" * 64, "fp32", torch.device("cpu")
-
-    def features(self, images, protocol="legacy_tensorflow", batch_size=64):
-        x = torch.as_tensor(images).float().mean(dim=1).flatten(1) / 255
-        return (x.double() @ torch.randn(x.shape[1], 16, generator=torch.Generator().manual_seed(0),
-                                         dtype=torch.float64)).float().double().numpy()
-
-
 def test_feature_shards_stand_in_for_the_whole_generated_set(ttq, tmp_path, monkeypatch):
     import json
 
@@ -101,7 +90,7 @@ def test_feature_shards_stand_in_for_the_whole_generated_set(ttq, tmp_path, monk
     from ganops.models import build_G
     from ganops.training.snapshot import save_snapshot
 
-    monkeypatch.setattr(api, "stage_extractor", lambda cfg: _ChannelMeanFeatures())
+    monkeypatch.setattr(api, "stage_extractor", lambda cfg: ChannelMeanFeatures())
     kw = {"z_dim": 8, "ngf": 4, "resolution": 16, "channels": 1, "num_classes": 0}
     torch.manual_seed(0)
     G = build_G("dcgan", **kw).eval()
@@ -113,7 +102,7 @@ def test_feature_shards_stand_in_for_the_whole_generated_set(ttq, tmp_path, monk
         ttq.main(["features", "--contenders", "default", "--eval-points-min", "1", "--range", f"{lo}:{hi}",
                   "--num-samples", "7", "--out", str(tmp_path)])
     shards = ttq._shard_stats(cdir, "t00060.pt", 7, 0)
-    whole = api.generated_stats(G, _ChannelMeanFeatures(), EvaluateConfig(num_samples=7, device="cpu"), seed=0)
+    whole = api.generated_stats(G, ChannelMeanFeatures(), EvaluateConfig(num_samples=7, device="cpu"), seed=0)
     assert shards.n == whole.n == 7
     np.testing.assert_allclose(shards.kept_features, whole.kept_features, rtol=1e-6)  # the same samples, in order
     np.testing.assert_allclose(shards.cov, whole.cov, rtol=1e-5, atol=1e-12)

@@ -19,25 +19,7 @@ from ganops.data.dataset import save_split
 from ganops.metrics import ref_stats
 from ganops.metrics.api import compare
 from ganops.metrics.fid import FeatureStats, fid_from_features
-
-
-class FakeExtractor:
-    """Deterministic 16-d 'features' of uint8 (N, C, H, W) images: a fixed projection of the channel mean
-    (16-d keeps the covariance algebra in microseconds; the statistics code takes d from the data)."""
-
-    weights_sha256 = "f" * 64
-    has_classifier = False
-    precision = "fp32"
-    device = torch.device("cpu")
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def features(self, images, protocol="legacy_tensorflow", batch_size=64):
-        self.calls += 1
-        x = torch.as_tensor(images).float().mean(dim=1).flatten(1)  # (N, H*W)
-        proj = torch.randn(x.shape[1], 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        return (x.double() / 255) @ proj
+from tests.fakes import ChannelMeanFeatures
 
 
 def _imgs(n: int, seed: int, c: int = 1) -> np.ndarray:
@@ -47,12 +29,12 @@ def _imgs(n: int, seed: int, c: int = 1) -> np.ndarray:
 # ---- compare(): sources and layouts -------------------------------------------------------------------------------
 
 def test_compare_npz_layouts_stats_and_folder_agree(tmp_path):
-    ex = FakeExtractor()
+    ex = ChannelMeanFeatures()
     a, b = _imgs(30, 0), _imgs(30, 1)
     np.savez(tmp_path / "a.npz", images=a)
     np.savez(tmp_path / "b_nhwc.npz", images=b.transpose(0, 2, 3, 1))
     raw = compare(str(tmp_path / "a.npz"), str(tmp_path / "b_nhwc.npz"), extractor=ex, kid_subset_size=10)
-    fa, fb = ex.features(a).numpy(), ex.features(b).numpy()
+    fa, fb = ex.features(a), ex.features(b)
     assert raw["fid"] == pytest.approx(fid_from_features(fa, fb), rel=1e-9)
     assert (raw["n_a"], raw["n_b"], raw["protocol"], raw["weights_sha256"]) == (30, 30, "legacy_tensorflow", "f" * 64)
     assert raw["kid_mean"] is not None and raw["kid_std"] is not None
@@ -86,29 +68,29 @@ def test_compare_models_uri_uses_pyfunc_predict(monkeypatch, tmp_path):
     monkeypatch.setattr(mlflow.pyfunc, "load_model", lambda uri: seen.setdefault("uri", uri) and FakeModel())
     np.savez(tmp_path / "a.npz", images=_imgs(12, 3))
     out = compare(str(tmp_path / "a.npz"), "models:/gan@champion", num_samples=12, seed=5,
-                  extractor=FakeExtractor(), kid_subset_size=6)
+                  extractor=ChannelMeanFeatures(), kid_subset_size=6)
     assert seen["uri"] == "models:/gan@champion" and list(seen["df"].columns) == ["num_images", "seed"]
     expected = np.random.RandomState(5).randint(0, 256, (12, 8, 8, 1)).astype(np.uint8).transpose(0, 3, 1, 2)
-    ex = FakeExtractor()
-    assert out["fid"] == pytest.approx(fid_from_features(ex.features(_imgs(12, 3)).numpy(),
-                                                         ex.features(expected).numpy()), rel=1e-9)
+    ex = ChannelMeanFeatures()
+    assert out["fid"] == pytest.approx(fid_from_features(ex.features(_imgs(12, 3)),
+                                                         ex.features(expected)), rel=1e-9)
 
 
 def test_compare_bad_sources_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder or file"):
-        compare(str(tmp_path / "missing"), str(tmp_path / "missing"), extractor=FakeExtractor())
+        compare(str(tmp_path / "missing"), str(tmp_path / "missing"), extractor=ChannelMeanFeatures())
     np.savez(tmp_path / "x.npz", foo=np.zeros(3))
     with pytest.raises(ValueError, match="'images' or 'mu' and 'sigma'"):
-        compare(str(tmp_path / "x.npz"), str(tmp_path / "x.npz"), extractor=FakeExtractor())
+        compare(str(tmp_path / "x.npz"), str(tmp_path / "x.npz"), extractor=ChannelMeanFeatures())
     np.savez(tmp_path / "one.npz", images=_imgs(1, 0))
     with pytest.raises(ValueError, match="at least 2"):
-        compare(str(tmp_path / "one.npz"), str(tmp_path / "one.npz"), extractor=FakeExtractor())
+        compare(str(tmp_path / "one.npz"), str(tmp_path / "one.npz"), extractor=ChannelMeanFeatures())
 
 
 def test_compare_refuses_cached_statistics_from_another_protocol_or_network(tmp_path, caplog):
-    ex = FakeExtractor()
+    ex = ChannelMeanFeatures()
     real = FeatureStats(max_kept=0)
-    real.append(ex.features(_imgs(20, 4)).numpy())
+    real.append(ex.features(_imgs(20, 4)))
     np.savez(tmp_path / "b.npz", images=_imgs(12, 3))
 
     def cache_file(name, **changes):
@@ -121,7 +103,7 @@ def test_compare_refuses_cached_statistics_from_another_protocol_or_network(tmp_
     same = compare(cache_file("same.npz"), str(tmp_path / "b.npz"), extractor=ex)
     plain = tmp_path / "plain.npz"  # statistics made elsewhere: no stored key, taken as they are
     np.savez(plain, mu=real.mean, sigma=real.cov)
-    assert compare(str(plain), str(tmp_path / "b.npz"), extractor=FakeExtractor())["fid"] == same["fid"]
+    assert compare(str(plain), str(tmp_path / "b.npz"), extractor=ChannelMeanFeatures())["fid"] == same["fid"]
     with pytest.raises(ValueError, match=r"protocol='clean', this comparison uses protocol='legacy_tensorflow'"):
         compare(cache_file("clean.npz", protocol="clean"), str(tmp_path / "b.npz"), extractor=ex)
     with pytest.raises(ValueError, match="computed with weights_sha256="):
@@ -221,7 +203,7 @@ def test_metric_fn_and_evaluate_generator_share_one_path(tmp_path, monkeypatch):
     from generated statistics vs the cached reference statistics of the test split."""
     from ganops.metrics import api
 
-    ex = FakeExtractor()
+    ex = ChannelMeanFeatures()
     monkeypatch.setattr(api, "stage_extractor", lambda cfg: ex)
     prepared = _tiny_prepared(tmp_path)
     cfg = EvaluateConfig(num_samples=30, batch_size=16, ref_stats_dir=str(tmp_path / "cache"), kid_subset_size=10)
@@ -235,9 +217,9 @@ def test_metric_fn_and_evaluate_generator_share_one_path(tmp_path, monkeypatch):
     from ganops.metrics.preprocess import quantize_to_uint8
     from ganops.training.sampling import iter_samples
 
-    fake = np.concatenate([ex.features(quantize_to_uint8(b)).numpy()
+    fake = np.concatenate([ex.features(quantize_to_uint8(b))
                            for b in iter_samples(G, 30, seed=3, batch_size=16, device=torch.device("cpu"))])
-    real = ex.features(np.array(load_split(prepared, "test")[0][:30])).numpy()
+    real = ex.features(np.array(load_split(prepared, "test")[0][:30]))
     assert out["fid"] == pytest.approx(fid_from_features(fake, real), rel=1e-6)
     assert len(list((tmp_path / "cache").glob("test-30-*.npz"))) == 1  # reference statistics cached once
 
@@ -354,4 +336,4 @@ def test_junk_npz_source_names_the_file(tmp_path):
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match=r"junk\.npz: not a readable \.npz"):
-        compare(str(junk), str(junk), extractor=FakeExtractor())
+        compare(str(junk), str(junk), extractor=ChannelMeanFeatures())
