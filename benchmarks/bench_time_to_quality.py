@@ -258,7 +258,7 @@ def evaluate(out: Path, num_samples: int, seed: int, contenders: list[str] | Non
                 fake = generated_stats(G, extractor, cfg, seed)
             row = {**point, "fid": frechet_distance(fake.mean, fake.cov, real.mu, real.sigma),
                    "num_generated": fake.n, "num_real": real.n, "eval_s": round(time.time() - t, 1),
-                   "features_from_shards": sharded}
+                   "features_from_shards": sharded, "date": str(dt.date.today())}
             if i == len(points) - 1:
                 n = min(len(fake.kept_features), len(real.features))
                 row.update(precision_recall(real.features[:n], fake.kept_features[:n]),
@@ -288,14 +288,15 @@ def _plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _table(results: dict[str, list[dict]], header: str) -> str:
+def _table(results: dict[str, list[dict]], header: str, date: str) -> str:
+    """The markdown table; a row without its own ``date`` (results files before rows carried one) gets ``date``."""
     lines = [header, "", "| contender | train min | kimg | FID | N gen / real | precision | recall | density | "
-             "coverage |", "|---|---|---|---|---|---|---|---|---|"]
+             "coverage | measured |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rows in results.items():
         for r in rows:
             pr = [f"{r[k]:.3f}" if k in r else "" for k in ("precision", "recall", "density", "coverage")]
             lines.append(f"| {name} | {r['train_s'] / 60:.2f} | {r['kimg']:.1f} | {r['fid']:.2f} | "
-                         f"{r['num_generated']} / {r['num_real']} | {' | '.join(pr)} |")
+                         f"{r['num_generated']} / {r['num_real']} | {' | '.join(pr)} | {r.get('date', date)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -310,12 +311,12 @@ def _curves(results: dict[str, list[dict]], out_dir: Path) -> None:
 def _write_outputs(out: dict[str, Any]) -> None:
     """ttq_results.json, the markdown table, the PNG plot and the DVC plot curves of one results object."""
     info, results = out["machine"], out["results"]
-    header = (f"Measured {out['date']} on {info['cpu']} ({info['cpu_capability']}), one core per contender (a "
+    header = (f"Measured on {info['cpu']} ({info['cpu_capability']}), one core per contender (a "
               "`-Nthreads` contender: N threads), "
               f"FID of {out['num_samples']} G samples vs {out['num_real']} Fashion-MNIST test images (the Lucic "
-              "protocol itself uses 10,000 vs 10,000).")
+              "protocol itself uses 10,000 vs 10,000); each row's date in its last column.")
     (HERE / "ttq_results.json").write_text(json.dumps(out, indent=1))
-    (HERE / "ttq_results.md").write_text(_table(results, header))
+    (HERE / "ttq_results.md").write_text(_table(results, header, out["date"]))
     _plot(results, HERE / "ttq.png", f"time to quality, {info['cpu']}")
     _curves(results, HERE / "ttq_curves")
 
@@ -392,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.command == "evaluate" and previous.is_file():  # add to the other contenders' rows of the same protocol
         old = json.loads(previous.read_text())
         if (old.get("num_samples"), old.get("num_real")) == (a.num_samples, a.num_real):
+            for rows in old["results"].values():  # rows kept from the old file keep the old file's date
+                for r in rows:
+                    r.setdefault("date", old.get("date"))
             results = {**old["results"], **results}
         else:
             old = {}

@@ -60,7 +60,8 @@ def test_report_rerenders_table_plot_and_dvc_curves_from_the_results_json(ttq, t
     rows = {"default": [{"train_s": 120.0, "kimg": 47.9, "fid": 98.05, "num_generated": 1000, "num_real": 2000},
                         {"train_s": 480.0, "kimg": 194.4, "fid": 52.53, "num_generated": 1000, "num_real": 2000,
                          "precision": 0.41, "recall": 0.44, "density": 0.36, "coverage": 0.5}],
-            "reference": [{"train_s": 480.6, "kimg": 48.4, "fid": 154.6, "num_generated": 1000, "num_real": 2000}]}
+            "reference": [{"train_s": 480.6, "kimg": 48.4, "fid": 154.6, "num_generated": 1000, "num_real": 2000,
+                           "date": "2026-12-06"}]}
     (tmp_path / "ttq_results.json").write_text(json.dumps({
         "date": "2026-12-05", "machine": {"cpu": "AMD EPYC", "cpu_capability": "AVX2"}, "num_samples": 1000,
         "num_real": 2000, "contenders": {}, "results": rows, "train": {}}))
@@ -69,7 +70,9 @@ def test_report_rerenders_table_plot_and_dvc_curves_from_the_results_json(ttq, t
         "train_min,kimg,fid", "2.0000,47.900,98.0500", "8.0000,194.400,52.5300"]
     assert (tmp_path / "ttq_curves" / "reference.csv").read_text().splitlines()[1] == "8.0100,48.400,154.6000"
     table = (tmp_path / "ttq_results.md").read_text()
-    assert "Measured 2026-12-05 on AMD EPYC (AVX2)" in table and "| default | 8.00 | 194.4 | 52.53 |" in table
+    assert "Measured on AMD EPYC (AVX2)" in table and "| default | 8.00 | 194.4 | 52.53 |" in table
+    # a row's own date, else the results file's (rows written before rows carried one)
+    assert "| 0.360 | 0.500 | 2026-12-05 |" in table and "| 154.60 | 1000 / 2000 |  |  |  |  | 2026-12-06 |" in table
     assert (tmp_path / "ttq.png").stat().st_size > 0
 
 
