@@ -69,7 +69,6 @@ CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
     "d48": ("default with D widths 48 (G stays 32)", dict(ndf=48)),
     "g48": ("default with G widths 48 (D stays 32)", dict(ngf=48)),
     "hinge": ("default with the hinge loss (Lim & Ye 2017)", dict(loss="hinge")),
-    "beta099": ("default with Adam beta2 0.99 for G and D", dict(betas_g=(0.5, 0.99), betas_d=(0.5, 0.99))),
     "reference": ("pytorch/examples DCGAN loop (widths 64, BCE, Adam(2e-4, 0.5, 0.999), batch 64, DataLoader)", {}),
 }
 LUCIC_BEST_FID = 21.5  # Lucic et al. 2018, Fashion-MNIST, WGAN after their search
@@ -163,9 +162,10 @@ def train_reference(out: Path, points_min: list[float], seed: int) -> dict:
 
 
 def _result_key(name: str, info: dict) -> str:
-    """A contender trained with more than one thread (``train --threads``) gets its own curve: ``<name>-<N>threads``."""
-    threads = info.get("threads", 1)
-    return name if threads == 1 else f"{name}-{threads}threads"
+    """A contender trained with more than one thread (``train --threads``) or with a training seed other than 0
+    (``train --seed``) gets its own curve: ``<name>[-<N>threads][-seed<S>]``."""
+    threads, seed = info.get("threads", 1), info.get("seed", 0)
+    return name + (f"-{threads}threads" if threads != 1 else "") + (f"-seed{seed}" if seed else "")
 
 
 def _shard_dir(cdir: Path, snapshot: str, num_samples: int, seed: int) -> Path:
@@ -291,7 +291,7 @@ def _plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
 def _table(results: dict[str, list[dict]], header: str, date: str) -> str:
     """The markdown table; a row without its own ``date`` (results files before rows carried one) gets ``date``."""
     lines = [header, "", "| contender | train min | kimg | FID | N gen / real | precision | recall | density | "
-             "coverage | measured |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "coverage | FID evaluated |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rows in results.items():
         for r in rows:
             pr = [f"{r[k]:.3f}" if k in r else "" for k in ("precision", "recall", "density", "coverage")]
@@ -312,9 +312,9 @@ def _write_outputs(out: dict[str, Any]) -> None:
     """ttq_results.json, the markdown table, the PNG plot and the DVC plot curves of one results object."""
     info, results = out["machine"], out["results"]
     header = (f"Measured on {info['cpu']} ({info['cpu_capability']}), one core per contender (a "
-              "`-Nthreads` contender: N threads), "
+              "`-Nthreads` contender: N threads; `-seedS`: training seed S, else 0), "
               f"FID of {out['num_samples']} G samples vs {out['num_real']} Fashion-MNIST test images (the Lucic "
-              "protocol itself uses 10,000 vs 10,000); each row's date in its last column.")
+              "protocol itself uses 10,000 vs 10,000); the last column is the day each row's FID was computed.")
     (HERE / "ttq_results.json").write_text(json.dumps(out, indent=1))
     (HERE / "ttq_results.md").write_text(_table(results, header, out["date"]))
     _plot(results, HERE / "ttq.png", f"time to quality, {info['cpu']}")
@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         cdir.mkdir(exist_ok=True)
         info = (train_reference(cdir, points, a.seed) if name == "reference"
                 else train_ganops(name, cdir, points, a.seed, a.threads))
+        info.update(seed=a.seed, date=str(dt.date.today()))  # the training seed and day (the result key uses seed)
         (cdir / "train.json").write_text(json.dumps(info, indent=1))
         print(json.dumps(info), flush=True)
         return
@@ -387,18 +388,25 @@ def main(argv: list[str] | None = None) -> None:
         if any(codes):
             raise SystemExit(f"training failed (exit codes {codes})")
         print(f"trained {names} in {time.time() - t0:.0f} s", file=sys.stderr)
-    only = _points(a.eval_points_min) if a.eval_points_min else None
-    results = evaluate(a.out, a.num_samples, a.seed, names, a.num_real, only)
     previous, old = HERE / "ttq_results.json", {}
     if a.command == "evaluate" and previous.is_file():  # add to the other contenders' rows of the same protocol
-        old = json.loads(previous.read_text())
-        if (old.get("num_samples"), old.get("num_real")) == (a.num_samples, a.num_real):
-            for rows in old["results"].values():  # rows kept from the old file keep the old file's date
-                for r in rows:
-                    r.setdefault("date", old.get("date"))
-            results = {**old["results"], **results}
-        else:
-            old = {}
+        try:  # checked before the (long) evaluation, so a refusal costs nothing
+            old = json.loads(previous.read_text())
+            old_protocol = (old["num_samples"], old["num_real"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise SystemExit(f"{previous} is not a results file of this benchmark ({err!r}); restore it "
+                             "(git checkout) or move it aside") from None
+        if old_protocol != (a.num_samples, a.num_real):
+            raise SystemExit(f"{previous} holds FIDs of {old_protocol[0]} vs {old_protocol[1]} images, "
+                             f"not {a.num_samples} vs {a.num_real}: move it aside (e.g. to "
+                             "ttq_results_fid1k.json) or evaluate with its --num-samples/--num-real")
+    only = _points(a.eval_points_min) if a.eval_points_min else None
+    results = evaluate(a.out, a.num_samples, a.seed, names, a.num_real, only)
+    if old:
+        for rows in old["results"].values():  # rows kept from the old file keep the old file's date
+            for r in rows:
+                r.setdefault("date", old["date"])
+        results = {**old["results"], **results}
     train = dict(old.get("train", {}))
     for n in names:  # each contender's training record, under its result key
         if (a.out / n / "train.json").is_file():

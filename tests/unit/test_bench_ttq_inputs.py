@@ -76,6 +76,55 @@ def test_report_rerenders_table_plot_and_dvc_curves_from_the_results_json(ttq, t
     assert (tmp_path / "ttq.png").stat().st_size > 0
 
 
+def _results_file(path, num_samples, num_real, rows):
+    import json
+
+    path.write_text(json.dumps({
+        "date": "2026-12-05", "machine": {"cpu": "AMD EPYC", "cpu_capability": "AVX2"}, "num_samples": num_samples,
+        "num_real": num_real, "contenders": {}, "results": rows, "train": {}}))
+
+
+def test_evaluate_adds_its_rows_to_the_same_protocol_and_old_rows_keep_their_date(ttq, tmp_path, monkeypatch):
+    import datetime as dt
+    import json
+
+    monkeypatch.setattr(ttq, "HERE", tmp_path)
+    old_row = {"train_s": 2280.0, "kimg": 1227.8, "fid": 21.59, "num_generated": 10000, "num_real": 10000}
+    _results_file(tmp_path / "ttq_results.json", 10000, 10000, {"default": [old_row]})
+    out = tmp_path / "ttq_long"
+    (out / "default").mkdir(parents=True)
+    (out / "default" / "train.json").write_text(json.dumps({"contender": "default", "threads": 1, "seed": 1}))
+    today = str(dt.date.today())
+    new_row = {**old_row, "kimg": 1307.4, "fid": 21.7, "date": today}
+    monkeypatch.setattr(ttq, "evaluate", lambda out, n, seed, names, num_real, only: {"default-seed1": [new_row]})
+    ttq.main(["evaluate", "--contenders", "default", "--out", str(out)])
+    saved = json.loads((tmp_path / "ttq_results.json").read_text())
+    assert saved["results"]["default"][0]["date"] == "2026-12-05"  # the old file's date, not today's
+    assert saved["results"]["default-seed1"] == [new_row] and saved["date"] == today
+    assert saved["train"]["default-seed1"]["seed"] == 1  # a second seed does not replace the first's row
+    assert f"| 21.70 | 10000 / 10000 |  |  |  |  | {today} |" in (tmp_path / "ttq_results.md").read_text()
+
+
+def test_evaluate_refuses_another_protocol_before_evaluating(ttq, tmp_path, monkeypatch):
+    monkeypatch.setattr(ttq, "HERE", tmp_path)
+    _results_file(tmp_path / "ttq_results.json", 1000, 2000, {"default": []})
+    before = (tmp_path / "ttq_results.json").read_bytes()
+    monkeypatch.setattr(ttq, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
+    with pytest.raises(SystemExit, match="holds FIDs of 1000 vs 2000 images, not 10000 vs 10000: move it aside"):
+        ttq.main(["evaluate", "--contenders", "default", "--out", str(tmp_path / "ttq_long")])
+    assert (tmp_path / "ttq_results.json").read_bytes() == before
+    (tmp_path / "ttq_results.json").write_text("{truncated")
+    with pytest.raises(SystemExit, match="is not a results file of this benchmark"):
+        ttq.main(["evaluate", "--contenders", "default", "--out", str(tmp_path / "ttq_long")])
+
+
+def test_result_keys_name_threads_and_training_seed(ttq):
+    assert ttq._result_key("default", {"threads": 1}) == "default"
+    assert ttq._result_key("default", {"threads": 2, "seed": 0}) == "default-2threads"
+    assert ttq._result_key("hinge", {"threads": 2, "seed": 3}) == "hinge-2threads-seed3"
+    assert ttq._result_key("reference", {"seed": 1}) == "reference-seed1"
+
+
 def test_report_refuses_a_corrupt_results_file(ttq, tmp_path, monkeypatch):
     monkeypatch.setattr(ttq, "HERE", tmp_path)
     (tmp_path / "ttq_results.json").write_text('{"runs": [')
