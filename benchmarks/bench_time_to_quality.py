@@ -321,6 +321,12 @@ def _write_outputs(out: dict[str, Any]) -> None:
     _curves(results, HERE / "ttq_curves")
 
 
+def _not_a_results_file(path: Path, err: Exception, remedy: str) -> SystemExit:
+    """The one message for a ttq_results.json that does not parse or lacks this benchmark's keys."""
+    return SystemExit(f"{path} is not a results file of this benchmark ({err!r}); restore it (git checkout) or "
+                      f"{remedy}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("command", choices=["run", "train", "features", "evaluate", "report"])
@@ -352,8 +358,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             _write_outputs(json.loads(results_file.read_text()))
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise SystemExit(f"{results_file} is not a results file of this benchmark ({err!r}); restore it "
-                             "(git checkout) or re-run the benchmark") from None
+            raise _not_a_results_file(results_file, err, "re-run the benchmark") from None
         return
     a.out.mkdir(parents=True, exist_ok=True)
 
@@ -394,8 +399,7 @@ def main(argv: list[str] | None = None) -> None:
             old = json.loads(previous.read_text())
             old_protocol = (old["num_samples"], old["num_real"])
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise SystemExit(f"{previous} is not a results file of this benchmark ({err!r}); restore it "
-                             "(git checkout) or move it aside") from None
+            raise _not_a_results_file(previous, err, "move it aside") from None
         if old_protocol != (a.num_samples, a.num_real):
             raise SystemExit(f"{previous} holds FIDs of {old_protocol[0]} vs {old_protocol[1]} images, "
                              f"not {a.num_samples} vs {a.num_real}: move it aside (e.g. to "
