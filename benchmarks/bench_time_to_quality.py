@@ -23,7 +23,8 @@ Outputs: under ``--out`` (default ``benchmarks/ttq``, not versioned) the ``<cont
 ``benchmarks/ttq_results.json`` and stdout, the table to ``benchmarks/ttq_results.md`` and the plot (FID against
 training minutes) to ``benchmarks/ttq.png``, and one curve per contender (columns train_min, kimg, fid)
 to ``benchmarks/ttq_curves/<contender>.csv``, the files of the ``time_to_quality`` plot in ``dvc.yaml``
-(``dvc plots show``).
+(``dvc plots show``). ``--tag T`` keeps a results set apart (another protocol, or another run of a contender already
+in the main set): ``ttq_results_T.json``, ``ttq_results_T.md``, ``ttq_T.png``, ``ttq_curves_T/``.
 """
 
 from __future__ import annotations
@@ -308,21 +309,29 @@ def _curves(results: dict[str, list[dict]], out_dir: Path) -> None:
         (out_dir / f"{name}.csv").write_text("\n".join(lines) + "\n")
 
 
-def _write_outputs(out: dict[str, Any]) -> None:
-    """ttq_results.json, the markdown table, the PNG plot and the DVC plot curves of one results object."""
+def _output_paths(tag: str) -> dict[str, Path]:
+    """Where one results set lives: ``ttq_results.json`` etc., or ``ttq_results_<tag>.json`` etc. for ``--tag``."""
+    sfx = f"_{tag}" if tag else ""
+    return {"json": HERE / f"ttq_results{sfx}.json", "md": HERE / f"ttq_results{sfx}.md",
+            "png": HERE / f"ttq{sfx}.png", "curves": HERE / f"ttq_curves{sfx}"}
+
+
+def _write_outputs(out: dict[str, Any], tag: str = "") -> None:
+    """The results JSON, the markdown table, the PNG plot and the DVC plot curves of one results object."""
     info, results = out["machine"], out["results"]
     header = (f"Measured on {info['cpu']} ({info['cpu_capability']}), one core per contender (a "
               "`-Nthreads` contender: N threads; `-seedS`: training seed S, else 0), "
               f"FID of {out['num_samples']} G samples vs {out['num_real']} Fashion-MNIST test images (the Lucic "
               "protocol itself uses 10,000 vs 10,000); the last column is the day each row's FID was computed.")
-    (HERE / "ttq_results.json").write_text(json.dumps(out, indent=1))
-    (HERE / "ttq_results.md").write_text(_table(results, header, out["date"]))
-    _plot(results, HERE / "ttq.png", f"time to quality, {info['cpu']}")
-    _curves(results, HERE / "ttq_curves")
+    paths = _output_paths(tag)
+    paths["json"].write_text(json.dumps(out, indent=1))
+    paths["md"].write_text(_table(results, header, out["date"]))
+    _plot(results, paths["png"], f"time to quality, {info['cpu']}")
+    _curves(results, paths["curves"])
 
 
 def _not_a_results_file(path: Path, err: Exception, remedy: str) -> SystemExit:
-    """The one message for a ttq_results.json that does not parse or lacks this benchmark's keys."""
+    """The one message for a results file that does not parse or lacks this benchmark's keys."""
     return SystemExit(f"{path} is not a results file of this benchmark ({err!r}); restore it (git checkout) or "
                       f"{remedy}")
 
@@ -343,7 +352,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="train: CPU threads of a ganops contender (run always uses 1 per core)")
     ap.add_argument("--range", default=None, help="features: LO:HI, the samples of this shard (default: all)")
     ap.add_argument("--out", type=Path, default=HERE / "ttq")
+    ap.add_argument("--tag", default="", help="evaluate/report: keep this results set apart, in "
+                    "ttq_results_TAG.json/.md, ttq_TAG.png and ttq_curves_TAG/ (default: ttq_results.json ...)")
     a = ap.parse_args(argv)
+    if a.tag and not a.tag.replace("_", "").replace("-", "").isalnum():
+        raise SystemExit(f"--tag must be letters, digits, '-' or '_' (it becomes part of file names), got {a.tag!r}")
     names = [n.strip() for n in a.contenders.split(",") if n.strip()]
     bad = [n for n in names if n not in CONTENDERS]
     if bad:
@@ -352,11 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     if points[-1] > a.budget_min:
         raise SystemExit(f"--points-min {points} go past --budget-min {a.budget_min}")
     if a.command == "report":
-        results_file = HERE / "ttq_results.json"
+        results_file = _output_paths(a.tag)["json"]
         if not results_file.is_file():
             raise SystemExit(f"{results_file} not found: run the benchmark (run or evaluate) first")
         try:
-            _write_outputs(json.loads(results_file.read_text()))
+            _write_outputs(json.loads(results_file.read_text()), a.tag)
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise _not_a_results_file(results_file, err, "re-run the benchmark") from None
         return
@@ -393,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
         if any(codes):
             raise SystemExit(f"training failed (exit codes {codes})")
         print(f"trained {names} in {time.time() - t0:.0f} s", file=sys.stderr)
-    previous, old = HERE / "ttq_results.json", {}
+    previous, old = _output_paths(a.tag)["json"], {}
     if a.command == "evaluate" and previous.is_file():  # add to the other contenders' rows of the same protocol
         try:  # checked before the (long) evaluation, so a refusal costs nothing
             old = json.loads(previous.read_text())
@@ -402,8 +415,8 @@ def main(argv: list[str] | None = None) -> None:
             raise _not_a_results_file(previous, err, "move it aside") from None
         if old_protocol != (a.num_samples, a.num_real):
             raise SystemExit(f"{previous} holds FIDs of {old_protocol[0]} vs {old_protocol[1]} images, "
-                             f"not {a.num_samples} vs {a.num_real}: move it aside (e.g. to "
-                             "ttq_results_fid1k.json) or evaluate with its --num-samples/--num-real")
+                             f"not {a.num_samples} vs {a.num_real}: keep the new results apart with --tag "
+                             "(e.g. --tag fid1k) or evaluate with its --num-samples/--num-real")
     only = _points(a.eval_points_min) if a.eval_points_min else None
     results = evaluate(a.out, a.num_samples, a.seed, names, a.num_real, only)
     if old:
@@ -419,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     out = {"date": str(dt.date.today()), "machine": machine(), "num_samples": a.num_samples, "num_real": a.num_real,
            "contenders": {k: CONTENDERS[k.split("-")[0]][0] for k in results}, "results": results,
            "train": {k: v for k, v in train.items() if k in results}}
-    _write_outputs(out)
+    _write_outputs(out, a.tag)
     print(json.dumps(out))
 
 

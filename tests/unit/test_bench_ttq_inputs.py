@@ -20,6 +20,7 @@ def ttq():
     (["run", "--budget-min", "4", "--points-min", "2,8"], "go past --budget-min"),
     (["run", "--points-min", "soon"], "comma list of minutes"),
     (["run", "--points-min", "0,2"], "positive minutes"),
+    (["evaluate", "--tag", "../x"], "--tag must be letters, digits"),
 ])
 def test_bad_arguments_stop_before_training(ttq, tmp_path, monkeypatch, argv, message):
     monkeypatch.setattr(ttq.subprocess, "Popen", lambda *a, **k: pytest.fail("training started"))
@@ -110,12 +111,32 @@ def test_evaluate_refuses_another_protocol_before_evaluating(ttq, tmp_path, monk
     _results_file(tmp_path / "ttq_results.json", 1000, 2000, {"default": []})
     before = (tmp_path / "ttq_results.json").read_bytes()
     monkeypatch.setattr(ttq, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
-    with pytest.raises(SystemExit, match="holds FIDs of 1000 vs 2000 images, not 10000 vs 10000: move it aside"):
+    with pytest.raises(SystemExit, match="holds FIDs of 1000 vs 2000 images, not 10000 vs 10000: keep the new results apart with --tag"):
         ttq.main(["evaluate", "--contenders", "default", "--out", str(tmp_path / "ttq_long")])
     assert (tmp_path / "ttq_results.json").read_bytes() == before
     (tmp_path / "ttq_results.json").write_text("{truncated")
     with pytest.raises(SystemExit, match="is not a results file of this benchmark"):
         ttq.main(["evaluate", "--contenders", "default", "--out", str(tmp_path / "ttq_long")])
+
+
+def test_a_tag_keeps_its_results_apart_from_the_main_set(ttq, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(ttq, "HERE", tmp_path)
+    _results_file(tmp_path / "ttq_results.json", 1000, 2000, {"default": []})  # another protocol: no refusal
+    before = (tmp_path / "ttq_results.json").read_bytes()
+    row = {"train_s": 1134.0, "kimg": 600.0, "fid": 25.0, "num_generated": 10000, "num_real": 10000}
+    monkeypatch.setattr(ttq, "evaluate", lambda out, n, seed, names, num_real, only: {"default": [row]})
+    with pytest.raises(SystemExit, match="ttq_results_4x.json not found"):
+        ttq.main(["report", "--tag", "4x"])
+    ttq.main(["evaluate", "--contenders", "default", "--tag", "4x", "--out", str(tmp_path / "ttq_4x")])
+    assert (tmp_path / "ttq_results.json").read_bytes() == before
+    assert json.loads((tmp_path / "ttq_results_4x.json").read_text())["results"] == {"default": [row]}
+    assert (tmp_path / "ttq_curves_4x" / "default.csv").read_text().splitlines()[1] == "18.9000,600.000,25.0000"
+    (tmp_path / "ttq_results_4x.md").unlink()
+    ttq.main(["report", "--tag", "4x"])
+    assert "| default | 18.90 | 600.0 | 25.00 |" in (tmp_path / "ttq_results_4x.md").read_text()
+    assert (tmp_path / "ttq_4x.png").stat().st_size > 0 and not (tmp_path / "ttq.png").exists()
 
 
 def test_result_keys_name_threads_and_training_seed(ttq):
