@@ -33,6 +33,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -352,11 +353,16 @@ def main(argv: list[str] | None = None) -> None:
                     help="train: CPU threads of a ganops contender (run always uses 1 per core)")
     ap.add_argument("--range", default=None, help="features: LO:HI, the samples of this shard (default: all)")
     ap.add_argument("--out", type=Path, default=HERE / "ttq")
-    ap.add_argument("--tag", default="", help="evaluate/report: keep this results set apart, in "
-                    "ttq_results_TAG.json/.md, ttq_TAG.png and ttq_curves_TAG/ (default: ttq_results.json ...)")
+    ap.add_argument("--tag", default=None, help="run/evaluate/report: keep this results set apart, in "
+                    "ttq_results_TAG.json/.md, ttq_TAG.png and ttq_curves_TAG/ (default: ttq_results.json ...); "
+                    "ASCII letters, digits, '-', '_', at most 64")
     a = ap.parse_args(argv)
-    if a.tag and not a.tag.replace("_", "").replace("-", "").isalnum():
-        raise SystemExit(f"--tag must be letters, digits, '-' or '_' (it becomes part of file names), got {a.tag!r}")
+    if a.tag is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", a.tag):
+        raise SystemExit(f"--tag must be 1 to 64 ASCII letters, digits, '-' or '_' (it becomes part of file names), "
+                         f"got {a.tag!r}")
+    if a.tag is not None and a.command in ("train", "features"):
+        raise SystemExit(f"--tag names a results set, which {a.command} does not write: give it to evaluate or report")
+    a.tag = a.tag or ""
     names = [n.strip() for n in a.contenders.split(",") if n.strip()]
     bad = [n for n in names if n not in CONTENDERS]
     if bad:
@@ -415,8 +421,8 @@ def main(argv: list[str] | None = None) -> None:
             raise _not_a_results_file(previous, err, "move it aside") from None
         if old_protocol != (a.num_samples, a.num_real):
             raise SystemExit(f"{previous} holds FIDs of {old_protocol[0]} vs {old_protocol[1]} images, "
-                             f"not {a.num_samples} vs {a.num_real}: keep the new results apart with --tag "
-                             "(e.g. --tag fid1k) or evaluate with its --num-samples/--num-real")
+                             f"not {a.num_samples} vs {a.num_real}: keep the new results apart with --tag NAME "
+                             "or evaluate with its --num-samples/--num-real")
     only = _points(a.eval_points_min) if a.eval_points_min else None
     results = evaluate(a.out, a.num_samples, a.seed, names, a.num_real, only)
     if old:

@@ -20,7 +20,11 @@ def ttq():
     (["run", "--budget-min", "4", "--points-min", "2,8"], "go past --budget-min"),
     (["run", "--points-min", "soon"], "comma list of minutes"),
     (["run", "--points-min", "0,2"], "positive minutes"),
-    (["evaluate", "--tag", "../x"], "--tag must be letters, digits"),
+    (["evaluate", "--tag", "../x"], "--tag must be 1 to 64 ASCII letters"),
+    (["report", "--tag", ""], "--tag must be 1 to 64 ASCII letters"),
+    (["report", "--tag", "é"], "--tag must be 1 to 64 ASCII letters"),
+    (["report", "--tag", "x" * 65], "--tag must be 1 to 64 ASCII letters"),
+    (["train", "--contenders", "default", "--tag", "4x"], "which train does not write"),
 ])
 def test_bad_arguments_stop_before_training(ttq, tmp_path, monkeypatch, argv, message):
     monkeypatch.setattr(ttq.subprocess, "Popen", lambda *a, **k: pytest.fail("training started"))
@@ -111,7 +115,7 @@ def test_evaluate_refuses_another_protocol_before_evaluating(ttq, tmp_path, monk
     _results_file(tmp_path / "ttq_results.json", 1000, 2000, {"default": []})
     before = (tmp_path / "ttq_results.json").read_bytes()
     monkeypatch.setattr(ttq, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
-    with pytest.raises(SystemExit, match="holds FIDs of 1000 vs 2000 images, not 10000 vs 10000: keep the new results apart with --tag"):
+    with pytest.raises(SystemExit, match="holds FIDs of 1000 vs 2000 images, not 10000 vs 10000: keep the new results apart with --tag NAME"):
         ttq.main(["evaluate", "--contenders", "default", "--out", str(tmp_path / "ttq_long")])
     assert (tmp_path / "ttq_results.json").read_bytes() == before
     (tmp_path / "ttq_results.json").write_text("{truncated")
@@ -136,7 +140,14 @@ def test_a_tag_keeps_its_results_apart_from_the_main_set(ttq, tmp_path, monkeypa
     (tmp_path / "ttq_results_4x.md").unlink()
     ttq.main(["report", "--tag", "4x"])
     assert "| default | 18.90 | 600.0 | 25.00 |" in (tmp_path / "ttq_results_4x.md").read_text()
-    assert (tmp_path / "ttq_4x.png").stat().st_size > 0 and not (tmp_path / "ttq.png").exists()
+    assert (tmp_path / "ttq_4x.png").stat().st_size > 0
+    assert not any((tmp_path / n).exists() for n in ("ttq.png", "ttq_results.md", "ttq_curves"))
+    # a second contender joins the tagged set; the tagged file's own protocol is checked
+    monkeypatch.setattr(ttq, "evaluate", lambda out, n, seed, names, num_real, only: {"reference": [row]})
+    ttq.main(["evaluate", "--contenders", "reference", "--tag", "4x", "--out", str(tmp_path / "ttq_4x")])
+    assert set(json.loads((tmp_path / "ttq_results_4x.json").read_text())["results"]) == {"default", "reference"}
+    with pytest.raises(SystemExit, match="ttq_results_4x.json holds FIDs of 10000 vs 10000 images, not 1000 vs"):
+        ttq.main(["evaluate", "--tag", "4x", "--num-samples", "1000", "--out", str(tmp_path / "ttq_4x")])
 
 
 def test_result_keys_name_threads_and_training_seed(ttq):
