@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--tag must be 1 to 64 ASCII letters, digits, '-' or '_' (it becomes part of file names), "
                          f"got {a.tag!r}")
     if a.tag is not None and a.command in ("train", "features"):
-        raise SystemExit(f"--tag names a results set, which {a.command} does not write: give it to run, evaluate or report")
+        raise SystemExit(f"--tag names a results set, which {a.command} does not write: "
+                         "give it to run, evaluate or report")
     a.tag = a.tag or ""
     names = [n.strip() for n in a.contenders.split(",") if n.strip()]
     bad = [n for n in names if n not in CONTENDERS]

@@ -115,7 +115,8 @@ def test_evaluate_refuses_another_protocol_before_evaluating(ttq, tmp_path, monk
     _results_file(tmp_path / "ttq_results.json", 1000, 2000, {"default": []})
     before = (tmp_path / "ttq_results.json").read_bytes()
     monkeypatch.setattr(ttq, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
-    with pytest.raises(SystemExit, match="holds FIDs of 1000 vs 2000 images, not 10000 vs 10000: keep the new results apart with --tag NAME"):
+    with pytest.raises(SystemExit, match="holds FIDs of 1000 vs 2000 images, not 10000 vs 10000: keep the new "
+                       "results apart with --tag NAME"):
         ttq.main(["evaluate", "--contenders", "default", "--out", str(tmp_path / "ttq_long")])
     assert (tmp_path / "ttq_results.json").read_bytes() == before
     (tmp_path / "ttq_results.json").write_text("{truncated")
