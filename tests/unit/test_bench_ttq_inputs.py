@@ -56,9 +56,15 @@ def test_clock_keeps_a_snapshot_at_each_point_and_excludes_its_own_time(ttq, tmp
     assert [p["kimg"] for p in clock.kept] == [0.704, 0.832] and clock.kept[1]["train_s"] == pytest.approx(120.5)
 
 
-def test_report_rerenders_table_plot_and_dvc_curves_from_the_results_json(ttq, tmp_path, monkeypatch):
+def _results_file(path, num_samples, num_real, rows):
     import json
 
+    path.write_text(json.dumps({
+        "date": "2026-12-05", "machine": {"cpu": "AMD EPYC", "cpu_capability": "AVX2"}, "num_samples": num_samples,
+        "num_real": num_real, "contenders": {}, "results": rows, "train": {}}))
+
+
+def test_report_rerenders_table_plot_and_dvc_curves_from_the_results_json(ttq, tmp_path, monkeypatch):
     monkeypatch.setattr(ttq, "HERE", tmp_path)
     with pytest.raises(SystemExit, match="ttq_results.json not found"):
         ttq.main(["report"])
@@ -67,9 +73,7 @@ def test_report_rerenders_table_plot_and_dvc_curves_from_the_results_json(ttq, t
                          "precision": 0.41, "recall": 0.44, "density": 0.36, "coverage": 0.5}],
             "reference": [{"train_s": 480.6, "kimg": 48.4, "fid": 154.6, "num_generated": 1000, "num_real": 2000,
                            "date": "2026-12-06"}]}
-    (tmp_path / "ttq_results.json").write_text(json.dumps({
-        "date": "2026-12-05", "machine": {"cpu": "AMD EPYC", "cpu_capability": "AVX2"}, "num_samples": 1000,
-        "num_real": 2000, "contenders": {}, "results": rows, "train": {}}))
+    _results_file(tmp_path / "ttq_results.json", 1000, 2000, rows)
     ttq.main(["report"])
     assert (tmp_path / "ttq_curves" / "default.csv").read_text().splitlines() == [
         "train_min,kimg,fid", "2.0000,47.900,98.0500", "8.0000,194.400,52.5300"]
@@ -79,14 +83,6 @@ def test_report_rerenders_table_plot_and_dvc_curves_from_the_results_json(ttq, t
     # a row's own date, else the results file's (rows written before rows carried one)
     assert "| 0.360 | 0.500 | 2026-12-05 |" in table and "| 154.60 | 1000 / 2000 |  |  |  |  | 2026-12-06 |" in table
     assert (tmp_path / "ttq.png").stat().st_size > 0
-
-
-def _results_file(path, num_samples, num_real, rows):
-    import json
-
-    path.write_text(json.dumps({
-        "date": "2026-12-05", "machine": {"cpu": "AMD EPYC", "cpu_capability": "AVX2"}, "num_samples": num_samples,
-        "num_real": num_real, "contenders": {}, "results": rows, "train": {}}))
 
 
 def test_evaluate_adds_its_rows_to_the_same_protocol_and_old_rows_keep_their_date(ttq, tmp_path, monkeypatch):
