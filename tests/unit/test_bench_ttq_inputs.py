@@ -227,3 +227,22 @@ def test_every_ganops_contender_is_a_valid_train_config(ttq):
         cfg = TrainConfig(**{**base, **overrides})
         assert {k: getattr(cfg, k) for k in overrides} == {
             k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}, name
+
+
+def test_train_records_the_whole_recipe_and_a_snapshot_per_point(ttq, tmp_path, monkeypatch):
+    from tests.model.conftest import write_prepared
+
+    prepared = write_prepared(tmp_path / "prepared", resolution=28, n=64)
+    monkeypatch.setattr(ttq, "_prepared_dir", lambda: prepared)
+    n_threads = torch.get_num_threads()
+    try:
+        record = ttq.train_ganops("lr2e3", tmp_path / "lr2e3", [0.002], seed=0)
+    finally:
+        torch.set_num_threads(n_threads)
+    # the recipe's own keys, those from params.yaml included, so a result stays readable after params.yaml changes
+    assert record["config"]["lr_g"] == record["config"]["lr_d"] == 2e-3
+    recipe_keys = {"arch", "batch_size", "ngf", "ndf", "loss", "betas_g", "ema_halflife_kimg", "ema_rampup"}
+    assert recipe_keys <= set(record["config"])
+    assert not set(record["config"]) & ttq._RUN_ONLY_KEYS
+    assert [p["point_s"] for p in record["points"]] == [0.12]
+    assert (tmp_path / "lr2e3" / record["points"][0]["snapshot"]).is_file()
