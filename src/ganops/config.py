@@ -79,8 +79,8 @@ class TrainConfig(_Strict):
         300.0, gt=0, allow_inf_nan=False,
         description="training length in thousands of real images shown to D",
     )
-    lr_g: float = Field(1e-3, gt=0, allow_inf_nan=False)
-    lr_d: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    lr_g: float = Field(2e-3, gt=0, allow_inf_nan=False)
+    lr_d: float = Field(2e-3, gt=0, allow_inf_nan=False)
     betas_g: tuple[float, float] = (0.5, 0.999)
     betas_d: tuple[float, float] = (0.5, 0.999)
     ema_halflife_kimg: float = Field(
