@@ -235,6 +235,10 @@ class ConfigError(ValueError):
 PARAMS_HINT = "Fix these keys in params.yaml (see README, 'Parameters')."
 
 
+# Params field names that differ from their params.yaml keys (``validate`` would shadow a BaseModel method).
+_SECTION_KEYS = {"validate_": "validate", "register_": "register"}
+
+
 def format_validation_error(err: ValidationError, source: str, hint: str = PARAMS_HINT) -> str:
     """A pydantic error over :class:`Params` (or a model mirroring it) as one line per bad field.
 
@@ -250,7 +254,11 @@ def format_validation_error(err: ValidationError, source: str, hint: str = PARAM
     """
     lines = [f"invalid parameters in {source}:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate").replace("register_", "register")
+        # only the section (the first part) has a field name other than its params.yaml key
+        parts = [str(p) for p in e["loc"]]
+        if parts and parts[0] in _SECTION_KEYS:
+            parts[0] = _SECTION_KEYS[parts[0]]
+        loc = ".".join(parts)
         got = e.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"  - {loc}: {e['msg']}{got_s}")

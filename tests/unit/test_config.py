@@ -1,4 +1,4 @@
-"""Config defaults: the code and params.yaml agree."""
+"""Config: the code defaults agree with params.yaml; error messages name the params.yaml keys."""
 
 from __future__ import annotations
 
@@ -22,3 +22,16 @@ def test_code_defaults_match_params_yaml():
                 yield f"{prefix}{key}: params.yaml {value!r}, code {b[key]!r}"
 
     assert list(differences(written, defaults)) == []
+
+
+def test_error_locations_rename_only_the_section_field_names():
+    """``validate_``/``register_`` are the Params field names of two sections; a key spelled so inside a section is
+    the user's own key and keeps its name in the message (a hypothesis case found ``prepare.validate_``)."""
+    import pytest
+
+    from ganops.config import ConfigError, parse_params
+
+    with pytest.raises(ConfigError, match=r"- prepare\.validate_: Extra inputs are not permitted"):
+        parse_params({"prepare": {"validate_": 1}})
+    with pytest.raises(ConfigError, match=r"- validate\.register_: Extra inputs are not permitted"):
+        parse_params({"validate": {"register_": 1}})
