@@ -6,7 +6,7 @@ Ranks recipes where an Inception FID-10k costs an hour of CPU. Not comparable wi
 (``ganops.metrics.fid``) between its 128-d hidden features of ``--num-samples`` G_ema samples (latents
 ``torch.randn(500, z_dim)`` per batch from one generator seeded ``--seed``) and of the whole prepared test split.
 
-    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/proxy_fid.py benchmarks/ttq_long/default/t0*.pt
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/proxy_fid.py benchmarks/ttq_long/lr1e3/t0*.pt
 
 Prints one JSON object: ``{snapshot path: {"kimg": float, "proxy_fid": float}}``.
 """
