@@ -26,7 +26,7 @@ def test_code_defaults_match_params_yaml():
 
 def test_error_locations_rename_only_the_section_field_names():
     """``validate_``/``register_`` are the Params field names of two sections; a key spelled so inside a section is
-    the user's own key and keeps its name in the message (a hypothesis case found ``prepare.validate_``)."""
+    the user's own key and keeps its name in the message."""
     import pytest
 
     from ganops.config import ConfigError, parse_params
