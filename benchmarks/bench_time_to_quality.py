@@ -49,11 +49,12 @@ sys.path.insert(0, str(HERE))
 from machine_info import machine  # noqa: E402
 
 # name -> (description, train.* overrides on params.yaml); "reference" is the pytorch/examples loop.
+_LR1E3 = dict(lr_g=1e-3, lr_d=1e-3)  # lr1e3's overrides, which its screens below start from
 CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
     "default": ("params.yaml's train section as it is", {}),
     # params.yaml's recipe with the learning rate of the 2026-12-05/06 runs in benchmarks/README.md; the screens below
     # change one thing of it each (two for b32lr2e3).
-    "lr1e3": ("params.yaml's recipe with G's and D's lr 1e-3", dict(lr_g=1e-3, lr_d=1e-3)),
+    "lr1e3": ("params.yaml's recipe with G's and D's lr 1e-3", _LR1E3),
     "dcgan64": ("the DCGAN of the Lucic preset: widths 64, NS loss, BN, Adam(2e-4, 0.5, 0.999), G_ema 10 kimg",
                 dict(arch="dcgan", ngf=64, ndf=64, z_dim=100, loss="non_saturating", lr_g=2e-4, lr_d=2e-4,
                      betas_g=(0.5, 0.999), betas_d=(0.5, 0.999), batch_size=64, ema_halflife_kimg=10.0,
@@ -65,17 +66,17 @@ CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
     # lr1e3 with R3GAN-style cosine schedules (Huang et al. 2024) over 1230 kimg: what lr1e3 trains in 38 minutes on
     # one core of the Zen-1 EPYC (benchmarks/README.md), so the decay ends with the budget.
     "lrcos": ("lr1e3 + cosine lr 1e-3 -> 1e-4 over 1230 kimg",
-              dict(lr_g=1e-3, lr_d=1e-3, schedule_kimg=1230.0, lr_g_end=1e-4, lr_d_end=1e-4)),
+              dict(_LR1E3, schedule_kimg=1230.0, lr_g_end=1e-4, lr_d_end=1e-4)),
     "lrcos_ema": ("lr1e3 + cosine lr 1e-3 -> 1e-4 and G_ema half-life 10 -> 30 kimg over 1230 kimg",
-                  dict(lr_g=1e-3, lr_d=1e-3, schedule_kimg=1230.0, lr_g_end=1e-4, lr_d_end=1e-4,
+                  dict(_LR1E3, schedule_kimg=1230.0, lr_g_end=1e-4, lr_d_end=1e-4,
                        ema_halflife_kimg_end=30.0)),
     # Equal-wall-clock screens of lr1e3 with one change each (benchmarks/README.md, "Tried, not kept").
-    "b128": ("lr1e3 with batch 128", dict(lr_g=1e-3, lr_d=1e-3, batch_size=128)),
-    "ttur": ("lr1e3 with D's lr doubled (2e-3; TTUR, Heusel et al. 2017)", dict(lr_g=1e-3, lr_d=2e-3)),
-    "d48": ("lr1e3 with D widths 48 (G stays 32)", dict(lr_g=1e-3, lr_d=1e-3, ndf=48)),
-    "g48": ("lr1e3 with G widths 48 (D stays 32)", dict(lr_g=1e-3, lr_d=1e-3, ngf=48)),
-    "hinge": ("lr1e3 with the hinge loss (Lim & Ye 2017)", dict(lr_g=1e-3, lr_d=1e-3, loss="hinge")),
-    "b32": ("lr1e3 with batch 32", dict(lr_g=1e-3, lr_d=1e-3, batch_size=32)),
+    "b128": ("lr1e3 with batch 128", dict(_LR1E3, batch_size=128)),
+    "ttur": ("lr1e3 with D's lr doubled (2e-3; TTUR, Heusel et al. 2017)", dict(_LR1E3, lr_d=2e-3)),
+    "d48": ("lr1e3 with D widths 48 (G stays 32)", dict(_LR1E3, ndf=48)),
+    "g48": ("lr1e3 with G widths 48 (D stays 32)", dict(_LR1E3, ngf=48)),
+    "hinge": ("lr1e3 with the hinge loss (Lim & Ye 2017)", dict(_LR1E3, loss="hinge")),
+    "b32": ("lr1e3 with batch 32", dict(_LR1E3, batch_size=32)),
     "lr2e3": ("lr1e3 with G's and D's lr 2e-3", dict(lr_g=2e-3, lr_d=2e-3)),
     "lr3e3": ("lr1e3 with G's and D's lr 3e-3", dict(lr_g=3e-3, lr_d=3e-3)),
     "b32lr2e3": ("lr1e3 with batch 32 and G's and D's lr 2e-3",
